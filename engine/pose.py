@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .frames import p3d_to_opengl
+
 # Statistics of the 6D rotation targets the official model was trained on (pipeline/inference_utils.py).
 ROTATION_6D_MEAN = (
     -0.06366084516048431, 0.008438224904239178, 0.00017084786668419838,
@@ -25,8 +27,6 @@ ROTATION_6D_STD = (
     0.4394504427909851, 0.3981797397136688, 0.6176286935806274,
 )  # fmt: skip
 
-# PyTorch3D camera -> OpenGL/Blender camera: flip X and Z.
-P3D_TO_OPENGL = torch.diag(torch.tensor([-1.0, 1.0, -1.0], dtype=torch.float64))
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Pose:
         m = torch.eye(4, dtype=torch.float64)
         m[:3, :3] = self.scale * self.rotation_matrix.double().T
         m[:3, 3] = self.translation.double()
-        m[:3, :] = P3D_TO_OPENGL @ m[:3, :]
+        m[:3, :] = p3d_to_opengl(m[:3, :].T).T  # rows x and z change sign
         return m
 
 
