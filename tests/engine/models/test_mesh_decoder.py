@@ -1,0 +1,85 @@
+"""The SLAT mesh decoder network against the official outputs (parity mesh_decoder) and checkpoint manifest."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from engine.models.mesh_decoder import PRESETS, MeshDecoder, MeshDecoderConfig
+from engine.models.slat_decoder import SlatDecoderConfig
+from engine.sparse.tensor import SparseTensor
+from tests.engine.parity import assert_close, load_case
+from tests.paths import PARITY
+
+PARITY_CONFIG = MeshDecoderConfig(
+    trunk=SlatDecoderConfig(resolution=16, model_channels=64, num_blocks=2, num_heads=4, window_size=4),
+    groupnorm_groups=4,  # the parity case's GroupNorm groups (real: 32)
+)
+
+
+@pytest.fixture(scope="module")
+def case():
+    return load_case("mesh_decoder")
+
+
+@pytest.fixture(scope="module")
+def model(case):
+    assert case.meta["config"]["subdivide_groupnorm_groups"] == PARITY_CONFIG.groupnorm_groups
+    model = MeshDecoder(PARITY_CONFIG).eval()
+    model.load_state_dict(case.params, strict=True)
+    return model
+
+
+def test_matches_official_trunk_subdivisions_and_raw_output_with_coords(case, model):
+    x = SparseTensor(case.inputs["coords"], case.inputs["feats"])
+    with torch.no_grad():
+        h = model.trunk(x)
+        assert_close(h.feats, case.outputs["trunk"], atol=1e-5, rtol=1e-5, what="trunk")
+        for i, block in enumerate(model.upsample):
+            h = block(h)
+            assert torch.equal(h.coords, case.outputs[f"upsample{i}.coords"]), f"upsample{i}.coords"
+            assert_close(h.feats, case.outputs[f"upsample{i}.feats"], atol=1e-5, rtol=1e-5, what=f"upsample{i}.feats")
+        raw = model(x)
+    assert torch.equal(raw.coords, case.outputs["raw_coords"])
+    assert_close(raw.feats, case.outputs["raw"], atol=1e-5, rtol=1e-5, what="raw")
+
+
+def test_official_preset_has_the_checkpoint_keys_and_shapes():
+    expected = json.loads((PARITY / "manifest_slat_decoder_mesh.json").read_text())["keys"]
+    with torch.device("meta"):
+        model = MeshDecoder(PRESETS["official"])
+    state = model.state_dict()
+    assert sorted(state) == sorted(expected)
+    for key, tensor in state.items():
+        assert list(tensor.shape) == expected[key]["shape"], key
+
+
+def test_tiny_preset_loads_the_official_format_tiny_checkpoint():
+    state = torch.load(PARITY / "official_format_tiny" / "slat_decoder_mesh.ckpt", weights_only=True)
+    groups = json.loads((PARITY / "official_format_tiny" / "not_in_yaml.json").read_text())["mesh_decoder"]
+    assert PRESETS["tiny"].groupnorm_groups == groups["subdivide_groupnorm_groups"]["this_folder"]
+    assert PRESETS["official"].groupnorm_groups == groups["subdivide_groupnorm_groups"]["real_release"]
+    MeshDecoder(PRESETS["tiny"]).load_state_dict(state, strict=True)
+
+
+def test_batch_of_two_equals_two_single_calls():
+    gen = torch.Generator().manual_seed(41)
+    model = MeshDecoder(PRESETS["tiny"]).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) / max(1, p[0].numel()) ** 0.5)
+    coords = [_random_coords(gen, n, 12) for n in (30, 22)]
+    feats = [torch.randn(c.shape[0], 8, generator=gen) for c in coords]
+    batched = SparseTensor(torch.cat([coords[0], coords[1] + torch.tensor([1, 0, 0, 0], dtype=torch.int32)]),
+                           torch.cat(feats))
+    with torch.no_grad():
+        both = model(batched)
+        singles = [model(SparseTensor(c, f)) for c, f in zip(coords, feats)]
+    assert_close(both.feats, torch.cat([s.feats for s in singles]), 1e-5, 1e-5, "batched raw")
+    assert torch.equal(both.coords[:, 1:], torch.cat([s.coords[:, 1:] for s in singles]))
+
+
+def _random_coords(gen: torch.Generator, n: int, grid: int) -> torch.Tensor:
+    cells = torch.randperm(grid**3, generator=gen)[:n]
+    return torch.stack([cells * 0, cells // grid**2, (cells // grid) % grid, cells % grid], dim=1).int()
