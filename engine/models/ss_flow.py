@@ -1,0 +1,244 @@
+"""Stage-1 geometry flow: the Mixture-of-Transformers (MoT) velocity model over the sparse-structure latent.
+
+Upstream `SparseStructureFlowTdfyWrapper` (spec §6). Two token streams run through shared-modulation blocks:
+
+* `shape`: the 16³×8 shape latent as res³ tokens (token n = x·res² + y·res + z), plus a fixed sin/cos table;
+* `6drotation_normalized`: the four pose tokens [6drotation_normalized, translation, scale, translation_scale],
+  one token each, plus a learnt position embedding each.
+
+Per block the adaLN modulation is shared; norms, attention and MLP are per stream. The shape stream attends only
+to itself; pose queries attend to [pose; shape]. Cross-attention to the condition tokens is un-gated. The
+unconditional ("cfg") pass is the same call with the condition multiplied by zero.
+
+Shapes: B batch, N shape tokens (res³), P pose tokens (4), T condition tokens, C model channels,
+C_cond condition channels, H heads, D = C // H head dim.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .attention import CrossAttention, FeedForwardNet, MultiHeadRMSNorm, attention
+from .embeddings import TimestepEmbedder, absolute_position_embedding
+from .norms import LayerNorm32, layer_norm32
+
+SHAPE = "shape"  # the shape stream and modality
+POSE = "6drotation_normalized"  # the pose stream is named after its first modality
+POSE_MODALITIES = ("6drotation_normalized", "translation", "scale", "translation_scale")  # token order in the stream
+STREAMS = (SHAPE, POSE)
+BLOCK_NORM_EPS = 1e-6  # norm1/norm2/norm3 inside the blocks
+OUT_NORM_EPS = 1e-5  # the affine-free norm before each out_layer (a different eps upstream, checked by parity)
+
+# Cross-attention keys/values for one condition: per block, per stream, (k, v) each (B, T, H, D).
+ConditionKV = list[dict[str, tuple[torch.Tensor, torch.Tensor]]]
+
+
+@dataclass(frozen=True)
+class SSFlowConfig:
+    model_channels: int = 1024  # C, width of both streams
+    cond_channels: int = 1024  # C_cond, width of the condition tokens
+    num_blocks: int = 24  # MoT blocks
+    num_heads: int = 16  # H (head dim C // H = 64)
+    mlp_ratio: float = 4.0  # MLP hidden = C * mlp_ratio
+    resolution: int = 16  # side of the shape latent grid; the shape stream has resolution³ tokens
+    shape_channels: int = 8  # channels of the shape latent (B, resolution³, 8)
+    pose_channels: tuple[int, ...] = (6, 3, 3, 1)  # channels of POSE_MODALITIES, each latent (B, 1, c)
+
+
+PRESETS: dict[str, SSFlowConfig] = {
+    "official": SSFlowConfig(),
+    "tiny": SSFlowConfig(model_channels=32, cond_channels=32, num_blocks=2, num_heads=2, resolution=16),
+}
+
+
+class SSFlow(nn.Module):
+    """latents {modality: (B, L_m, c_m)}, t (B,) ×1000, cond (B, T, C_cond), d (B,) ×1000 or None -> velocities."""
+
+    def __init__(self, cfg: SSFlowConfig):
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.model_channels
+        self.t_embedder = TimestepEmbedder(c)
+        self.d_embedder = TimestepEmbedder(c)
+        self.latent_mapping = nn.ModuleDict({SHAPE: ShapeLatent(cfg.shape_channels, c, cfg.resolution)})
+        for name, channels in zip(POSE_MODALITIES, cfg.pose_channels):
+            self.latent_mapping[name] = PoseLatent(channels, c)
+        self.blocks = nn.ModuleList(
+            MoTBlock(c, cfg.cond_channels, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.num_blocks)
+        )
+
+    def forward(
+        self,
+        latents: dict[str, torch.Tensor],
+        t: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        d: torch.Tensor | None = None,
+        cond_kv: ConditionKV | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One velocity evaluation. Give either `cond` or its precomputed `cond_kv` (from `condition_kv`).
+
+        `d` is the shortcut step size ×1000; when None the d-embedding term is left out entirely (upstream does the
+        same when `d` is not passed; the pipeline always passes it, 0 in normal sampling).
+        """
+        if cond_kv is None:
+            if cond is None:
+                raise ValueError("SSFlow.forward needs `cond` or `cond_kv`")
+            cond_kv = self.condition_kv(cond)
+
+        # 1. Tokens per stream
+        x = {
+            SHAPE: self.latent_mapping[SHAPE](latents[SHAPE]),  # (B, N, C)
+            POSE: torch.cat([self.latent_mapping[m](latents[m]) for m in POSE_MODALITIES], dim=1),  # (B, P, C)
+        }
+
+        # 2. Time conditioning
+        t_emb = self.t_embedder(t)  # (B, C)
+        if d is not None:
+            t_emb = t_emb + self.d_embedder(d)
+
+        # 3. Blocks
+        for block, kv in zip(self.blocks, cond_kv):
+            x = block(x, t_emb, kv)
+
+        # 4. Velocities per modality, in the latents' dtype
+        out = {SHAPE: self.latent_mapping[SHAPE].output(x[SHAPE]).to(latents[SHAPE].dtype)}
+        pose = x[POSE].split(1, dim=1)  # P × (B, 1, C)
+        for i, m in enumerate(POSE_MODALITIES):
+            out[m] = self.latent_mapping[m].output(pose[i]).to(latents[m].dtype)
+        return out
+
+    def velocity(
+        self, latents: dict[str, torch.Tensor], t: torch.Tensor, d: torch.Tensor | None, condition
+    ) -> dict[str, torch.Tensor]:
+        """Adapter for `engine.sampling.sample`: `condition` is a (B, T, C_cond) tensor or `condition_kv(...)` of it.
+
+        Pass precomputed keys/values to the sampler, e.g. `condition_kv(cond)` and, for guided steps,
+        `condition_kv(torch.cat([cond, cond * 0]))`, so they are computed once per run.
+        """
+        kv = self.condition_kv(condition) if isinstance(condition, torch.Tensor) else condition
+        return self(latents, t, d=d, cond_kv=kv)
+
+    def condition_kv(self, cond: torch.Tensor) -> ConditionKV:
+        """Cross-attention keys/values of every block and stream for `cond` (B, T, C_cond).
+
+        They do not change across sampler steps: compute once per condition batch and pass as `cond_kv`.
+        """
+        cond = cond.to(self.blocks[0].cross_attn[SHAPE].to_kv.weight.dtype)
+        return [{s: block.cross_attn[s].kv(cond) for s in STREAMS} for block in self.blocks]
+
+    def reset_buffers(self) -> None:
+        """Recompute the fixed shape position table (after `to_empty` from a meta-device build)."""
+        self.latent_mapping[SHAPE].reset_buffers()
+
+
+class ShapeLatent(nn.Module):
+    """Shape latent <-> tokens: input_layer + fixed sin/cos table over the ij-ordered grid; LN + out_layer back."""
+
+    def __init__(self, in_channels: int, channels: int, resolution: int):
+        super().__init__()
+        self.resolution = resolution
+        self.input_layer = nn.Linear(in_channels, channels)
+        self.out_layer = nn.Linear(channels, in_channels)
+        self.register_buffer("pos_emb", _grid_position_table(resolution, channels, self.input_layer.weight.device))
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        h = self.input_layer(latent.to(self.input_layer.weight.dtype))  # (B, N, C)
+        return h + self.pos_emb.to(h.dtype)
+
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        return self.out_layer(layer_norm32(h, OUT_NORM_EPS).to(self.out_layer.weight.dtype))  # (B, N, c_in)
+
+    def reset_buffers(self) -> None:
+        self.pos_emb = _grid_position_table(self.resolution, self.pos_emb.shape[1], self.pos_emb.device).to(
+            self.pos_emb.dtype
+        )
+
+
+class PoseLatent(nn.Module):
+    """One pose modality (1 token): input_layer + learnt pos_emb (1, C); LN + out_layer back."""
+
+    def __init__(self, in_channels: int, channels: int):
+        super().__init__()
+        self.input_layer = nn.Linear(in_channels, channels)
+        self.out_layer = nn.Linear(channels, in_channels)
+        self.pos_emb = nn.Parameter(torch.zeros(1, channels))
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        h = self.input_layer(latent.to(self.input_layer.weight.dtype))  # (B, 1, C)
+        return h + self.pos_emb.to(h.dtype)
+
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        return self.out_layer(layer_norm32(h, OUT_NORM_EPS).to(self.out_layer.weight.dtype))  # (B, 1, c_in)
+
+
+class MoTBlock(nn.Module):
+    """Shared adaLN modulation; per-stream self-attention (MoT pattern), cross-attention and MLP."""
+
+    def __init__(self, channels: int, cond_channels: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(channels, 6 * channels))
+        self.norm2 = nn.ModuleDict({s: LayerNorm32(channels, eps=BLOCK_NORM_EPS) for s in STREAMS})
+        self.self_attn = MoTSelfAttention(channels, num_heads)
+        self.cross_attn = nn.ModuleDict({s: CrossAttention(channels, cond_channels, num_heads) for s in STREAMS})
+        self.mlp = nn.ModuleDict({s: FeedForwardNet(channels, mlp_ratio) for s in STREAMS})
+
+    def forward(
+        self, x: dict[str, torch.Tensor], t_emb: torch.Tensor, kv: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        mod = self.adaLN_modulation(t_emb).unsqueeze(1)  # (B, 1, 6C)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)  # 6 × (B, 1, C)
+
+        # 1. Self-attention (shape: itself; pose: [pose; shape]), gated
+        h = self.self_attn({s: _modulate(_norm(x[s]), shift_msa, scale_msa) for s in STREAMS})
+        x = {s: x[s] + gate_msa * h[s] for s in STREAMS}
+
+        # 2. Cross-attention to the condition, un-gated, affine norm
+        x = {s: x[s] + self.cross_attn[s].attend(self.norm2[s](x[s]), *kv[s]) for s in STREAMS}
+
+        # 3. MLP, gated
+        return {s: x[s] + gate_mlp * self.mlp[s](_modulate(_norm(x[s]), shift_mlp, scale_mlp)) for s in STREAMS}
+
+
+class MoTSelfAttention(nn.Module):
+    """Per-stream to_qkv / q,k RMS norm / to_out; shape attends to shape, pose attends to [pose; shape]."""
+
+    def __init__(self, channels: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        head_dim = channels // num_heads
+        self.to_qkv = nn.ModuleDict({s: nn.Linear(channels, 3 * channels) for s in STREAMS})
+        self.q_rms_norm = nn.ModuleDict({s: MultiHeadRMSNorm(head_dim, num_heads) for s in STREAMS})
+        self.k_rms_norm = nn.ModuleDict({s: MultiHeadRMSNorm(head_dim, num_heads) for s in STREAMS})
+        self.to_out = nn.ModuleDict({s: nn.Linear(channels, channels) for s in STREAMS})
+
+    def forward(self, h: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        q, k, v = {}, {}, {}
+        for s in STREAMS:
+            b, l, _ = h[s].shape
+            q[s], k[s], v[s] = self.to_qkv[s](h[s]).reshape(b, l, 3, self.num_heads, -1).unbind(2)  # (B, L, H, D)
+            q[s], k[s] = self.q_rms_norm[s](q[s]), self.k_rms_norm[s](k[s])
+        out = {
+            SHAPE: attention(q[SHAPE], k[SHAPE], v[SHAPE]),  # (B, N, C)
+            POSE: attention(
+                q[POSE], torch.cat([k[POSE], k[SHAPE]], dim=1), torch.cat([v[POSE], v[SHAPE]], dim=1)
+            ),  # keys/values (B, P + N, H, D) -> (B, P, C)
+        }
+        return {s: self.to_out[s](out[s]) for s in STREAMS}
+
+
+def _norm(x: torch.Tensor) -> torch.Tensor:
+    """norm1 / norm3 of the blocks: affine-free, eps 1e-6, float32."""
+    return layer_norm32(x, BLOCK_NORM_EPS)
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+def _grid_position_table(resolution: int, channels: int, device: torch.device) -> torch.Tensor:
+    """(res³, C) sin/cos table over the grid positions, ij order (token n = x·res² + y·res + z)."""
+    axis = torch.arange(resolution, device=device)
+    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)  # (N, 3)
+    return absolute_position_embedding(grid, channels)
