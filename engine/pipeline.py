@@ -1,0 +1,398 @@
+"""Image + object masks -> posed meshes and Gaussians: the SAM 3D Objects pipeline, end to end.
+
+The pipeline owns the policy: validation, noise, the sampling loops, stage order, device and memory, progress and
+cancel. The networks (`models/`) only compute. A run is stage-major: every object goes through stage 1 before
+any goes through stage 2, so each network is loaded once per run (and freed after its stage unless kept loaded).
+
+    pipe = Pipeline.from_source("hf:facebook/sam-3d-objects")        # or a folder, or "random"
+    result = pipe.reconstruct(image, [mask_cup, mask_plate], seed=42)
+    result.objects[0].mesh, result.objects[0].object_to_camera
+
+Frames: see `pose.py` and `frames.py`. Pointmaps given to `reconstruct` are in the Blender/OpenGL camera frame.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from . import frames, intrinsics as intrinsics_lib, noise as noise_lib
+from .assets import Mesh
+from .config import PipelineConfig, samplers_for
+from .depth import DEFAULT_WEIGHTS as DEFAULT_DEPTH_WEIGHTS
+from .depth import DepthEstimator
+from .errors import Cancelled, EngineError, InputError, OutOfMemoryError
+from .images import to_mask, to_rgb_float
+from .mesh_extraction import decoded_to_mesh
+from .model_store import ModelStore, Provider
+from .models.slat_flow import SlatVelocity
+from .occupancy import cap_voxel_count, coords_from_logits, keep_surface
+from .pose import Pose, decode_pose
+from .preprocess import ObjectInputs, full_image, preprocess_object
+from .results import ObjectResult, ReconstructionResult
+from .sampling import SamplerSettings, sample
+from .sparse.tensor import SparseTensor
+
+ProgressFn = Callable[[str, float], None]  # (stage name, fraction of that stage done in [0, 1])
+OUTPUTS = ("mesh", "gaussians")
+STAGES = ("pointmap", "condition", "geometry", "voxels", "texture", "gaussians", "mesh")  # progress stage names
+
+
+@dataclass
+class _Object:
+    """One object's state between stages of a run."""
+
+    index: int
+    inputs: ObjectInputs
+    generator: torch.Generator
+    noise: dict | None
+    raw: dict[str, torch.Tensor]
+    pose: Pose | None = None
+    coords: torch.Tensor | None = None  # (N, 4) int32 voxels for stage 2
+    slat: torch.Tensor | None = None  # (N, 8) de-normalised structured latent
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: PipelineConfig,
+        provider: Provider,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+        keep_loaded: bool = True,
+        weights_id: str = "",
+        depth_weights: str = DEFAULT_DEPTH_WEIGHTS,
+    ):
+        self.config = config
+        self.device = _resolve_device(device)
+        self.dtype = _resolve_dtype(dtype, self.device)
+        self.models = ModelStore(config, provider, self.device, self.dtype, keep_loaded)
+        self.weights_id = weights_id  # where the weights came from (stored on Blender objects)
+        # MoGe for photos without a pointmap; its own preset follows the pipeline's when its weights are random.
+        moge_preset = "tiny" if config.preprocess.size < 518 else "official"
+        self.depth = DepthEstimator(depth_weights, self.device, self.dtype, preset=moge_preset)
+
+    @classmethod
+    def from_source(
+        cls,
+        weights: str,
+        preset_name: str = "official",
+        device: str = "auto",
+        dtype: str = "auto",
+        keep_loaded: bool = True,
+        seed: int = 0,
+        depth_weights: str = DEFAULT_DEPTH_WEIGHTS,
+        **source_options,
+    ) -> Pipeline:
+        """weights: a folder in the official release layout, `hf:REPO[@REV]`, or `random` (seeded by `seed`).
+        depth_weights: MoGe weights for photos given without a pointmap (see `depth.py`)."""
+        from .weights.sources import open_source
+
+        config, provider, weights_id = open_source(weights, preset_name, seed=seed, **source_options)
+        return cls(config, provider, device, dtype, keep_loaded, weights_id, depth_weights)
+
+    # ---- the run ------------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def reconstruct(
+        self,
+        image: np.ndarray,
+        masks: Sequence[np.ndarray],
+        pointmap: np.ndarray | None = None,
+        intrinsics: np.ndarray | None = None,
+        seed: int = 0,
+        quality: str = "default",
+        noise: Sequence[dict] | None = None,
+        outputs: Sequence[str] = OUTPUTS,
+        progress: ProgressFn | None = None,
+        cancel: threading.Event | None = None,
+    ) -> ReconstructionResult:
+        """Reconstruct every masked object of one picture.
+
+        image: (H, W, 3|4) or (H, W) uint8/uint16/float; masks: one (H, W) array per object (bool, uint8 or float;
+        soft edges are kept); pointmap: (H, W, 3) float points in the Blender/OpenGL camera frame, non-finite where
+        unknown (None: estimated from the image); intrinsics: 3x3 or (fx, fy, cx, cy) in pixels (None: inferred
+        from the pointmap); noise: per object a dict {"stage1": {modality: tensor}, "stage2": tensor} to inject
+        instead of drawing from `seed`; outputs: a subset of ("mesh", "gaussians"); progress(stage, fraction);
+        cancel: an Event checked between sampler steps and stages (raises `Cancelled`).
+        """
+        stage1, stage2 = samplers_for(self.config, quality)
+        outputs = tuple(outputs)
+        if not outputs or set(outputs) - set(OUTPUTS):
+            raise InputError(f"outputs must be a non-empty subset of {OUTPUTS}, got {outputs}")
+        rgb, mask_list, points_p3d, k = self._validate(image, masks, pointmap, intrinsics, noise)
+        run = _Run(progress, cancel)
+        try:
+            with run.stage("pointmap"):
+                if points_p3d is None:
+                    points_p3d, k = self._estimate_pointmap(rgb)
+                    source = "estimated"
+                else:
+                    source = "given"
+                    k = k if k is not None else intrinsics_lib.from_pointmap(points_p3d)
+            objects = self._prepare(rgb, mask_list, points_p3d, seed, noise, run)
+            self._stage1(objects, stage1, run)
+            self._voxels(objects, run)
+            self._stage2(objects, stage2, run)
+            results = self._decode(objects, outputs, run)
+        except torch.OutOfMemoryError:
+            self.models.release()
+            raise OutOfMemoryError(
+                f"the {self.device} device ran out of memory",
+                hint="use quality 'fast', fewer objects per run, unload other models, or run on the CPU",
+            ) from None
+        finally:
+            if not self.models.keep_loaded:
+                self.models.release()
+                self.depth.release()
+        h, w = rgb.shape[:2]
+        return ReconstructionResult(results, k, (w, h), source, seed, quality, run.timings)
+
+    # ---- stages -------------------------------------------------------------------------------------------------
+
+    def _validate(self, image, masks, pointmap, intrinsics, noise):
+        rgb = to_rgb_float(image)
+        h, w = rgb.shape[:2]
+        if len(masks) == 0:
+            raise InputError("no mask given; mark at least one object")
+        mask_list = [to_mask(m, (h, w), name=f"mask {i + 1}") for i, m in enumerate(masks)]
+        points_p3d = None
+        if pointmap is not None:
+            pointmap = np.asarray(pointmap)
+            if pointmap.shape != (h, w, 3):
+                raise InputError(f"pointmap has shape {pointmap.shape}; expected ({h}, {w}, 3) for this image")
+            if not np.isfinite(pointmap).all(axis=-1).any():
+                raise InputError("the pointmap has no finite point; give one with depth, or none to estimate it")
+            points_p3d = frames.opengl_to_p3d(pointmap.astype(np.float32))
+        k = intrinsics_lib.check(intrinsics, w, h) if intrinsics is not None else None
+        if noise is not None and len(noise) != len(mask_list):
+            raise InputError(f"noise is given for {len(noise)} objects but there are {len(mask_list)} masks")
+        return rgb, mask_list, points_p3d, k
+
+    def _estimate_pointmap(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return self.depth(rgb)
+        finally:
+            if not self.models.keep_loaded:
+                self.depth.release()
+
+    def _prepare(self, rgb, masks, points_p3d, seed, noise, run: _Run) -> list[_Object]:
+        rgb_t = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()  # (3, H, W)
+        points_t = torch.from_numpy(np.ascontiguousarray(points_p3d)).permute(2, 0, 1).float()  # (3, H, W)
+        rgb_full = full_image(rgb_t, self.config.preprocess)  # shared by every object
+        objects = []
+        for i, mask in enumerate(masks):
+            try:
+                inputs = preprocess_object(rgb_t, torch.from_numpy(mask), points_t, self.config.preprocess, rgb_full)
+            except InputError as exc:
+                raise InputError(f"mask {i + 1}: {exc.message}", exc.hint) from None
+            generator = torch.Generator(self.device).manual_seed(seed)
+            objects.append(_Object(i, inputs, generator, None if noise is None else noise[i], raw={}))
+        return objects
+
+    def _stage1(self, objects: list[_Object], settings: SamplerSettings, run: _Run) -> None:
+        """Condition tokens, then the geometry flow (shape latent + pose) for every object."""
+        cfg = self.config
+        with run.stage("condition"):
+            conds = self._condition("ss_condition", [o.inputs.ss for o in objects], run)
+            for obj, cond in zip(objects, conds):
+                obj.raw["cond_ss"] = cond.float().cpu()
+
+        with run.stage("geometry"):
+            flow = self.models.get("ss_flow")
+            shapes = noise_lib.stage1_shapes(cfg.ss_flow.resolution, cfg.ss_flow.shape_channels)
+
+            def velocity(x, t, d, kv):
+                v = flow({k: a.to(self.dtype) for k, a in x.items()}, t, d=d, cond_kv=kv)
+                return {k: a.float() for k, a in v.items()}
+
+            for n, (obj, cond) in enumerate(zip(objects, conds)):
+                x0 = (
+                    noise_lib.check_stage1(obj.noise["stage1"], shapes)
+                    if obj.noise is not None
+                    else noise_lib.draw_stage1(shapes, obj.generator, self.device)
+                )
+                x0 = {k: v.to(self.device) for k, v in x0.items()}
+                kv = flow.condition_kv(cond)
+                kv_guided = flow.condition_kv(torch.cat([cond, cond * 0], dim=0))
+                x1 = sample(
+                    velocity, x0, kv, settings, guided_condition=kv_guided,
+                    progress=run.steps("geometry", n, len(objects)), cancelled=run.cancelled,
+                )  # fmt: skip
+                obj.raw.update({f"stage1.{k}": v.float().cpu() for k, v in x1.items()})
+            self.models.done_with("ss_flow")
+
+    def _voxels(self, objects: list[_Object], run: _Run) -> None:
+        """Shape latent -> occupancy -> surface voxels (capped) and the decoded pose."""
+        cfg = self.config
+        with run.stage("voxels"):
+            decoder = self.models.get("ss_decoder")
+            for obj in objects:
+                shape = obj.raw["stage1.shape"].to(self.device, self.dtype)
+                logits = decoder(shape).float()  # (1, 1, 64, 64, 64)
+                coords = coords_from_logits(logits)
+                obj.raw["ss_logits"] = logits.cpu()
+                obj.raw["coords_original"] = coords.cpu()
+                if cfg.prune_interior:
+                    coords = keep_surface(coords)
+                coords, factor = cap_voxel_count(coords, generator=obj.generator, max_coords=cfg.max_voxels)
+                if coords.shape[0] == 0:
+                    raise EngineError(
+                        f"mask {obj.index + 1}: the model found no solid shape for this object",
+                        hint="try another seed, a cleaner mask, or the official weights",
+                    )
+                obj.coords = coords
+                obj.raw["coords"] = coords.cpu()
+                pose_raw = {k: obj.raw[f"stage1.{k}"] for k in ("6drotation_normalized", "translation", "scale")}
+                obj.pose = decode_pose(pose_raw, obj.inputs.pointmap_scale, obj.inputs.pointmap_shift, factor)
+                run.check()
+            self.models.done_with("ss_decoder")
+
+    def _stage2(self, objects: list[_Object], settings: SamplerSettings, run: _Run) -> None:
+        """Stage-2 condition tokens and the structured-latent flow on each object's voxels."""
+        cfg = self.config
+        with run.stage("condition"):
+            conds = self._condition("slat_condition", [o.inputs.slat for o in objects], run)
+            for obj, cond in zip(objects, conds):
+                obj.raw["cond_slat"] = cond.float().cpu()
+
+        with run.stage("texture"):
+            flow = self.models.get("slat_flow")
+            channels = cfg.slat_flow.in_channels
+            mean = torch.tensor(cfg.slat_mean, device=self.device)
+            std = torch.tensor(cfg.slat_std, device=self.device)
+            for n, (obj, cond) in enumerate(zip(objects, conds)):
+                count = obj.coords.shape[0]
+                x0 = (
+                    noise_lib.check_stage2(obj.noise["stage2"], count, channels).to(self.device)
+                    if obj.noise is not None
+                    else noise_lib.draw_stage2(count, channels, obj.generator, self.device)
+                )
+                slat_velocity = SlatVelocity(flow, obj.coords.to(self.device))
+
+                def velocity(x, t, d, kv, _v=slat_velocity):
+                    return _v(x.to(self.dtype), t, d, kv).float()
+
+                kv = flow.condition_kv(cond)
+                kv_guided = flow.condition_kv(torch.cat([cond, cond * 0], dim=0))
+                x1 = sample(
+                    velocity, x0, kv, settings, guided_condition=kv_guided,
+                    progress=run.steps("texture", n, len(objects)), cancelled=run.cancelled,
+                )  # fmt: skip
+                obj.raw["stage2.x1_normalized"] = x1.float().cpu()
+                obj.slat = x1[0] * std + mean  # (N, 8)
+                obj.raw["slat_feats"] = obj.slat.cpu()
+            self.models.done_with("slat_flow")
+
+    def _decode(self, objects: list[_Object], outputs: tuple[str, ...], run: _Run) -> list[ObjectResult]:
+        results = [
+            ObjectResult(o.index, o.pose, o.pose.object_to_camera().numpy(), raw=o.raw) for o in objects
+        ]  # fmt: skip
+        if "gaussians" in outputs:
+            with run.stage("gaussians"):
+                decoder = self.models.get("gs_decoder")
+                for obj, res in zip(objects, results):
+                    raw = decoder.decode(self._latent(obj))
+                    res.gaussians = raw.to_assets()[0]
+                    run.check()
+                self.models.done_with("gs_decoder")
+        if "mesh" in outputs:
+            with run.stage("mesh"):
+                decoder = self.models.get("mesh_decoder")
+                resolution = self.config.mesh_decoder.trunk.resolution * 4  # two 2x subdivisions
+                for obj, res in zip(objects, results):
+                    surface = decoded_to_mesh(decoder(self._latent(obj)), resolution)
+                    attrs = surface.vertex_attrs
+                    res.mesh = Mesh(
+                        vertices=surface.vertices.float().cpu().numpy(),
+                        faces=surface.faces.cpu().numpy().astype(np.int32),
+                        vertex_colors=None if attrs is None else attrs[:, :3].float().cpu().numpy(),
+                    )
+                    run.check()
+                self.models.done_with("mesh_decoder")
+        return results
+
+    # ---- helpers ------------------------------------------------------------------------------------------------
+
+    def _condition(self, name: str, inputs: list[dict[str, torch.Tensor]], run: _Run) -> list[torch.Tensor]:
+        """Condition tokens (1, T, C) per object; the full picture is embedded once for all of them."""
+        embedder = self.models.get(name)
+        shared = embedder.embed({"rgb_image": self._to_device(inputs[0]["rgb_image"])})
+        tokens = []
+        for per_object in inputs:
+            own = embedder.embed({k: self._to_device(v) for k, v in per_object.items() if k != "rgb_image"})
+            tokens.append(embedder.fuse({**shared, **own}))
+            run.check()
+        self.models.done_with(name)
+        return tokens
+
+    def _latent(self, obj: _Object) -> SparseTensor:
+        return SparseTensor(obj.coords.to(self.device), obj.slat.to(self.dtype))
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device, self.dtype)
+
+
+class _Run:
+    """Progress, cancel and per-stage timings of one reconstruct call."""
+
+    def __init__(self, progress: ProgressFn | None, cancel: threading.Event | None):
+        self.progress = progress
+        self.cancel = cancel
+        self.timings: dict[str, float] = {}
+
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
+
+    def check(self) -> None:
+        if self.cancelled():
+            raise Cancelled("reconstruction cancelled")
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.check()
+        self._report(name, 0.0)
+        start = time.perf_counter()
+        yield
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        self._report(name, 1.0)
+
+    def steps(self, name: str, index: int, count: int) -> Callable[[int, int, object], None]:
+        """A sampler progress callback for object `index` of `count` within stage `name`."""
+
+        def report(done: int, total: int, _state: object) -> None:
+            self._report(name, (index + done / total) / count)
+
+        return report
+
+    def _report(self, name: str, fraction: float) -> None:
+        if self.progress is not None:
+            self.progress(name, fraction)
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' was asked for but no CUDA GPU is available", hint="use --device cpu")
+    return device
+
+
+def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in names:
+        raise InputError(f"unknown precision {dtype!r}; choose auto, float32, bfloat16 or float16")
+    return names[dtype]
