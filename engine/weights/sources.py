@@ -19,6 +19,7 @@ RANDOM_OCCUPANCY = 0.0005  # fraction of the 64^3 cells a random SS decoder mark
 def open_source(spec: str, preset_name: str = "official", *, seed: int = 0, **options: Any) -> tuple[PipelineConfig, Provider, str]:
     """(config, provider, identity) for a weights spec; see `Pipeline.from_source`."""
     if spec == "random":
+        options.pop("cache_dtype", None)
         config = preset(preset_name)
         return config, random_provider(config, seed), f"random:{preset_name}:{seed}"
     from .release_source import open_release
