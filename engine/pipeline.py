@@ -93,8 +93,12 @@ class Pipeline:
         depth_weights: MoGe weights for photos given without a pointmap (see `depth.py`)."""
         from .weights.sources import open_source
 
+        device_t = _resolve_device(device)
+        dtype_t = _resolve_dtype(dtype, device_t)
+        # Converted weights are cached in the compute precision (float32 runs keep the files' own dtypes).
+        source_options.setdefault("cache_dtype", None if dtype_t == torch.float32 else dtype_t)
         config, provider, weights_id = open_source(weights, preset_name, seed=seed, **source_options)
-        return cls(config, provider, device, dtype, keep_loaded, weights_id, depth_weights)
+        return cls(config, provider, device_t, dtype_t, keep_loaded, weights_id, depth_weights)
 
     # ---- the run ------------------------------------------------------------------------------------------------
 
@@ -308,6 +312,8 @@ class Pipeline:
                 for obj, res in zip(objects, results):
                     surface = decoded_to_mesh(decoder(self._latent(obj)), resolution)
                     attrs = surface.vertex_attrs
+                    if attrs is not None:
+                        res.raw["mesh.vertex_attrs"] = attrs.float().cpu()
                     res.mesh = Mesh(
                         vertices=surface.vertices.float().cpu().numpy(),
                         faces=surface.faces.cpu().numpy().astype(np.int32),
