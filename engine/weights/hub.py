@@ -131,6 +131,27 @@ def fetch_release(
     return fetch.online()
 
 
+def download_file(
+    repo: str,
+    filename: str,
+    *,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    endpoint: str | None = None,
+    download_dir: str | Path | None = None,
+    offline: bool | None = None,
+    progress: ProgressFn | None = None,
+) -> Path:
+    """One file of a hub repository (e.g. MoGe's `model.pt`), with the same resume, checks and offline rules."""
+    fetch = _Fetch(
+        source=HubSource(repo=repo, revision=revision or DEFAULT_REVISION, subfolder=""), models=(), token=token,
+        endpoint=(endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
+        store=Path(download_dir) if download_dir is not None else default_download_dir(),
+        hf_cache_dir=None, progress=progress or (lambda *_: None),
+    )
+    return fetch.single(filename, offline if offline is not None else _env_offline())
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
 
@@ -258,6 +279,23 @@ class _Fetch:
             raise WeightsError(f"fetching {name} from hf:{repo} failed ({str(e).splitlines()[0]})",
                                "check the free disk space and run again to resume") from None
         raise e
+
+    def single(self, name: str, offline: bool) -> Path:
+        """One named file: fetched (or resumed) online, else the local copy of the last fetched commit."""
+        if not offline:
+            try:
+                meta = self._metadata(name, self.source.revision)
+                path = self._ensure(name, meta, meta.commit_hash)
+                self._write_ref(meta.commit_hash)
+                return path
+            except _Unreachable:
+                pass
+        commit = self.source.revision if _COMMIT.fullmatch(self.source.revision) else self._read_ref(self.source.revision)
+        path = self._local(name, commit) if commit else None
+        if path is None:
+            raise WeightsError(f"{name} of hf:{self.source.repo} is not downloaded and the Hub cannot be reached",
+                               "go online once (allow online access), or give a local file")
+        return path
 
     # -- offline --------------------------------------------------------------------------------------------------
 

@@ -392,3 +392,17 @@ def test_hub_lost_mid_fetch_is_one_clear_error(tiny: Path, tmp_path: Path):
         with pytest.raises(WeightsError) as e:
             _fetch(hub, tmp_path, progress=stop_after_first_file)
     assert f"lost the connection to {hub.endpoint}" in e.value.message and "resume" in e.value.hint
+
+
+def test_a_single_file_downloads_resumes_and_then_works_offline(tiny: Path, tmp_path: Path):
+    from engine.weights.hub import download_file
+
+    name = "checkpoints/slat_decoder_gs.ckpt"  # served as an LFS file through the CDN, like MoGe's model.pt
+    with FakeHub(tiny) as hub:
+        path = download_file(REPO, name, endpoint=hub.endpoint, download_dir=tmp_path / "downloads")
+        assert path.read_bytes() == (tiny / "slat_decoder_gs.ckpt").read_bytes()
+        assert len(hub.requests("cdn", "GET")) == 1
+    again = download_file(REPO, name, endpoint="http://127.0.0.1:9", download_dir=tmp_path / "downloads", offline=True)
+    assert again == path
+    with pytest.raises(WeightsError, match="not downloaded"):
+        download_file(REPO, "checkpoints/missing.ckpt", download_dir=tmp_path / "downloads", offline=True)
