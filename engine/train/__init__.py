@@ -1,0 +1,8 @@
+"""Training of the demo model (issue 8). Part 1, the synthetic data engine:
+
+- `shapes`: procedural objects as SDFs in the canonical object frame (defined there);
+- `scenes`: random scenes of a few objects on a ground plane and a random camera; `SceneBatch` tensors;
+- `render`: batched sphere tracing -> RGB, albedo, instance ids, depth, pointmap, intrinsics;
+- `targets`: per-object 64^3 occupancy, pose in the model camera frame, colours;
+- `dataset`: `SyntheticData(seed, split)`, deterministic per sample, and its batch generator.
+"""
