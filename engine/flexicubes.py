@@ -375,15 +375,20 @@ def _empty_mesh(device: torch.device, dtype: torch.dtype, vertex_attrs: torch.Te
     )
 
 
-def _check_inputs(vertex_coords, vertex_positions, vertex_sdf, cell_coords, cell_weights, R, vertex_attrs, absent_sdf):
+def _check_inputs(
+    vertex_coords: torch.Tensor,
+    vertex_positions: torch.Tensor,
+    vertex_sdf: torch.Tensor,
+    cell_coords: torch.Tensor,
+    cell_weights: torch.Tensor,
+    R: int,
+    vertex_attrs: torch.Tensor | None,
+    absent_sdf: float,
+) -> None:
     V = vertex_coords.shape[0]
     if R < 1:
         raise InputError(f"flexicubes: resolution must be a positive integer, got {R}")
-    if vertex_coords.ndim != 2 or vertex_coords.shape[1] != 3 or vertex_coords.is_floating_point():
-        raise InputError(
-            f"flexicubes: vertex_coords must be an (V, 3) integer tensor, got {tuple(vertex_coords.shape)} "
-            f"{vertex_coords.dtype}"
-        )
+    _check_integer_rows("vertex_coords", vertex_coords, "V")
     if vertex_positions.shape != (V, 3) or not vertex_positions.is_floating_point():
         raise InputError(
             f"flexicubes: vertex_positions must be a ({V}, 3) float tensor, got {tuple(vertex_positions.shape)} "
@@ -393,11 +398,7 @@ def _check_inputs(vertex_coords, vertex_positions, vertex_sdf, cell_coords, cell
         raise InputError(f"flexicubes: vertex_sdf must have shape ({V},), got {tuple(vertex_sdf.shape)}")
     if vertex_attrs is not None and (vertex_attrs.ndim != 2 or vertex_attrs.shape[0] != V):
         raise InputError(f"flexicubes: vertex_attrs must be (V={V}, C), got {tuple(vertex_attrs.shape)}")
-    if cell_coords.ndim != 2 or cell_coords.shape[1] != 3 or cell_coords.is_floating_point():
-        raise InputError(
-            f"flexicubes: cell_coords must be an (N, 3) integer tensor, got {tuple(cell_coords.shape)} "
-            f"{cell_coords.dtype}"
-        )
+    _check_integer_rows("cell_coords", cell_coords, "N")
     if cell_weights.shape != (cell_coords.shape[0], 21):
         raise InputError(
             f"flexicubes: cell_weights must be ({cell_coords.shape[0]}, 21) (beta 12, alpha 8, gamma 1), got "
@@ -409,3 +410,10 @@ def _check_inputs(vertex_coords, vertex_positions, vertex_sdf, cell_coords, cell
         raise InputError(f"flexicubes: vertex_coords must lie in [0, {R}] (resolution {R})")
     if cell_coords.shape[0] and (int(cell_coords.min()) < 0 or int(cell_coords.max()) >= R):
         raise InputError(f"flexicubes: cell_coords must lie in [0, {R - 1}] (resolution {R})")
+
+
+def _check_integer_rows(name: str, coords: torch.Tensor, rows: str) -> None:
+    if coords.ndim != 2 or coords.shape[1] != 3 or coords.is_floating_point():
+        raise InputError(
+            f"flexicubes: {name} must be an ({rows}, 3) integer tensor, got {tuple(coords.shape)} {coords.dtype}"
+        )

@@ -51,7 +51,7 @@ class ConditionConfig:
     hidden_multiple_of: int = 256  # ... rounded up to a multiple of this (official: 2816)
     norm_eps: float = 1e-5  # projection LayerNorms
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         n = 2 + (self.point is not None)
         if len(self.inputs) != n:
             raise ValueError(f"ConditionConfig: {n} embedders need {n} input lists, got {len(self.inputs)}")

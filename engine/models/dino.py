@@ -9,6 +9,9 @@ ImageNet-normalises its input and returns one of two token sets, both derived fr
 
 `forward_both` gives both from one backbone pass (the pipeline shares one backbone between the stages).
 
+The parts (`PatchEmbed`, `TransformerBlock` with `ViTAttention`, `LayerScale`, `Mlp`) carry the hub's names and are
+shared: MoGe's DINOv2 backbone (`engine/moge/model.py`) and the pointmap embedder's window block use them too.
+
 Shapes: B batch, S input side (px), G = S / patch patches per side, N = G² patches, R register tokens,
 T tokens, C channels, H heads, D = C / H head dim.
 """
@@ -41,7 +44,7 @@ class DinoConfig:
     input_size: int = 518  # px; the wrapper resizes inputs to input_size² (bilinear) when they differ
     prenorm_features: bool = False  # False: SS tokens [norm(cls), norm(patches)]; True: SLAT tokens (all, LN)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.embed_dim % self.num_heads:
             raise ValueError(f"DinoConfig: embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.img_size % self.patch_size:
@@ -206,6 +209,17 @@ class ViTAttention(nn.Module):
         return self.proj(attention(q, k, v))  # (B, T, C)
 
 
+class LayerScale(nn.Module):
+    """x * gamma (per channel)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
 class Mlp(nn.Module):
     """fc1 -> exact GELU -> fc2."""
 
@@ -216,14 +230,3 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
-
-
-class LayerScale(nn.Module):
-    """x * gamma (per channel)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.ones(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma

@@ -2,7 +2,8 @@
 
 Official checkpoint: `slat_decoder_mesh.ckpt` (raw state dict, no prefix): the trunk keys of `slat_decoder.py`,
 `upsample.{0,1}.{act_layers.0, out_layers.0.conv, out_layers.1, out_layers.3.conv, skip_connection.conv}`,
-`out_layer` (101, C/8). The mesh extraction (FlexiCubes) is not here: see `engine/mesh_extraction.py`.
+`out_layer` (101, C/8). The mesh extraction (FlexiCubes) is not here: see `engine/mesh_extraction.py`, which
+owns the channel layout (`CHANNELS`).
 
 Shapes: N voxels at resolution R, C model channels.
 
@@ -29,8 +30,6 @@ from ..sparse.resample import subdivide
 from ..sparse.tensor import SparseTensor
 from .slat_decoder import PRESETS as TRUNK_PRESETS
 from .slat_decoder import SlatDecoderConfig, SlatDecoderTrunk
-
-CHANNEL_LAYOUT = {"sdf": (0, 8), "deform": (8, 32), "weights": (32, 53), "color": (53, 101)}  # out channel ranges
 
 
 @dataclass(frozen=True)

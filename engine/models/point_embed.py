@@ -31,7 +31,7 @@ class PointPatchEmbedConfig:
     mlp_ratio: float = 2.0  # window block MLP hidden = C * mlp_ratio
     norm_eps: float = 1e-6  # window block LayerNorms
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.input_size % self.patch_size:
             raise ValueError(
                 f"PointPatchEmbedConfig: input_size {self.input_size} is not a multiple of patch_size {self.patch_size}"

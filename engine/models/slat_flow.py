@@ -224,7 +224,9 @@ class SlatVelocity:
         self.coords = coords.to(torch.int32)  # (N, 4); the batch column is replaced per item
         self._templates: dict[int, SparseTensor] = {}
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor | None, condition) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor | None, condition: torch.Tensor | ConditionKV
+    ) -> torch.Tensor:
         if d is not None:
             raise InputError("the SLAT flow has no step-size (d) input; sample it with takes_d=False")
         b, n, c = x.shape

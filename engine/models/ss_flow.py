@@ -110,7 +110,11 @@ class SSFlow(nn.Module):
         return out
 
     def velocity(
-        self, latents: dict[str, torch.Tensor], t: torch.Tensor, d: torch.Tensor | None, condition
+        self,
+        latents: dict[str, torch.Tensor],
+        t: torch.Tensor,
+        d: torch.Tensor | None,
+        condition: torch.Tensor | ConditionKV,
     ) -> dict[str, torch.Tensor]:
         """Adapter for `engine.sampling.sample`: `condition` is a (B, T, C_cond) tensor or `condition_kv(...)` of it.
 

@@ -17,20 +17,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.attention import attention
+from ..models.dino import IMAGENET_MEAN, IMAGENET_STD, PatchEmbed, TransformerBlock
+from ..models.norms import GroupNorm32, LayerNorm32
 from .geometry import normalized_view_plane_uv
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
 class MoGeConfig:
-    # Backbone: DINOv2 ViT/14, no register tokens, LayerScale, exact-GELU MLP, LayerNorm eps 1e-6.
+    # Backbone: DINOv2 ViT/14 (the blocks of engine/models/dino.py), no register tokens, LayerScale, exact GELU.
     embed_dim: int = 1024  # C
     depth: int = 24  # transformer blocks
     num_heads: int = 16  # nh
     mlp_ratio: float = 4.0  # MLP hidden = C · mlp_ratio
+    norm_eps: float = 1e-6  # every LayerNorm of the backbone
     patch_size: int = 14  # px; conv kernel and stride
     pos_embed_grid: int = 37  # M; learned position embedding for M × M patches (518 px)
     pos_embed_offset: float = 0.1  # pos-embed resize uses scale_factor (g + offset) / M, not a target size
@@ -46,7 +45,7 @@ class MoGeConfig:
     num_tokens_range: tuple[int, int] = (1275, 2551)  # tokens at resolution_level 0 and 9
     mask_threshold: float = 0.5  # on the raw mask value (no sigmoid)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.embed_dim % self.num_heads:
             raise ValueError(f"MoGeConfig: embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if not 1 <= self.intermediate_layers <= self.depth:
@@ -124,9 +123,11 @@ class DinoV2Backbone(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + m * m, c))
         self.mask_token = nn.Parameter(torch.zeros(1, c))  # stored in the checkpoint, unused at inference
-        self.patch_embed = PatchEmbed(cfg)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
-        self.norm = LayerNorm32(c, eps=1e-6)
+        self.patch_embed = PatchEmbed(cfg.patch_size, c)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(c, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps, layer_scale=True) for _ in range(cfg.depth)
+        )
+        self.norm = LayerNorm32(c, eps=cfg.norm_eps)
 
     def forward(self, image: torch.Tensor, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """image (B, 3, h14, w14) -> for each of the last n blocks: (patch tokens (B, N, C), cls token (B, C))."""
@@ -156,65 +157,6 @@ class DinoV2Backbone(nn.Module):
             raise ValueError(f"position embedding resized to {tuple(patch_pos.shape[-2:])}, expected {grid}")
         patch_pos = patch_pos.flatten(2).transpose(1, 2)  # (1, N, C)
         return torch.cat([pos[:, :1], patch_pos], dim=1).to(self.pos_embed.dtype)  # (1, T, C)
-
-
-class PatchEmbed(nn.Module):
-    def __init__(self, cfg: MoGeConfig):
-        super().__init__()
-        self.proj = nn.Conv2d(3, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.proj(image).flatten(2).transpose(1, 2)  # (B, C, gh, gw) -> (B, N, C)
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block with LayerScale: x + γ1·attn(norm1 x), then + γ2·mlp(norm2 x)."""
-
-    def __init__(self, cfg: MoGeConfig):
-        super().__init__()
-        c = cfg.embed_dim
-        self.norm1 = LayerNorm32(c, eps=1e-6)
-        self.attn = Attention(c, cfg.num_heads)
-        self.ls1 = LayerScale(c)
-        self.norm2 = LayerNorm32(c, eps=1e-6)
-        self.mlp = Mlp(c, int(c * cfg.mlp_ratio))
-        self.ls2 = LayerScale(c)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x)))
-        return x + self.ls2(self.mlp(self.norm2(x)))
-
-
-class Attention(nn.Module):
-    def __init__(self, channels: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(channels, channels * 3)
-        self.proj = nn.Linear(channels, channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, t, 3, self.num_heads, c // self.num_heads).unbind(2)  # 3 × (B, T, nh, D)
-        return self.proj(attention(q, k, v))  # (B, T, C)
-
-
-class LayerScale(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.ones(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
-
-
-class Mlp(nn.Module):
-    def __init__(self, channels: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(channels, hidden)
-        self.fc2 = nn.Linear(hidden, channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
 
 
 # ---------------------------------------------------------------------------------------------- head
@@ -301,22 +243,6 @@ def upsampler(c_in: int, c_out: int) -> nn.Sequential:
         nn.ConvTranspose2d(c_in, c_out, kernel_size=2, stride=2),
         nn.Conv2d(c_out, c_out, 3, padding=1, padding_mode="replicate"),
     )
-
-
-class LayerNorm32(nn.LayerNorm):
-    """LayerNorm computed in float32 whatever the activation dtype."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
-
-
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 whatever the activation dtype."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
 
 
 def _uv_channels(x: torch.Tensor, aspect_ratio: float) -> torch.Tensor:

@@ -55,7 +55,9 @@ def subdivide(x: SparseTensor) -> SparseTensor:
     return SparseTensor(fine_coords, feats, fine_cache)
 
 
-def _downsample_plan(x: SparseTensor, factor: int):
+def _downsample_plan(x: SparseTensor, factor: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """coarse coords (M, 4) lexicographic, parent of every fine voxel (N,), children per coarse voxel (M,) float32,
+    and the coarse voxels' new cache (holding the way back for `upsample`)."""
     coords = x.coords
     coarse = torch.cat([coords[:, :1], torch.div(coords[:, 1:], factor, rounding_mode="floor")], dim=1)
     extent = [int(v) + 1 for v in coarse.max(dim=0).values.tolist()]

@@ -14,8 +14,12 @@ from engine.sparse.tensor import SparseTensor
 from tests.engine.parity import assert_close, load_case
 
 
-def test_matches_official_mesh_of_the_parity_decoder_output():
-    case = load_case("mesh_decoder")
+@pytest.fixture(scope="module")
+def case():
+    return load_case("mesh_decoder")
+
+
+def test_matches_official_mesh_of_the_parity_decoder_output(case):
     assert case.meta["config"]["flexicubes_res"] == 64
     assert case.meta["config"]["channel_layout"] == {k: list(v) for k, v in CHANNELS.items()}
     mesh = features_to_mesh(case.outputs["raw_coords"][:, 1:], case.outputs["raw"], resolution=64)
@@ -27,8 +31,7 @@ def test_matches_official_mesh_of_the_parity_decoder_output():
     assert torch.equal(mesh.faces, expected["faces"]), "faces differ from the official ones"
 
 
-def test_decoded_sparse_tensor_gives_the_same_mesh_and_one_batch_item_at_a_time():
-    case = load_case("mesh_decoder")
+def test_decoded_sparse_tensor_gives_the_same_mesh_and_one_batch_item_at_a_time(case):
     coords, raw = case.outputs["raw_coords"], case.outputs["raw"]
     mesh = decoded_to_mesh(SparseTensor(coords, raw), resolution=64)
     assert torch.equal(mesh.faces, case.outputs["faces"])
@@ -133,16 +136,14 @@ def test_no_voxels_or_no_inside_corner_gives_an_empty_mesh():
     assert out.is_empty and out.faces.dtype == torch.int32
 
 
-def test_half_precision_features_are_extracted_in_float32():
-    case = load_case("mesh_decoder")
+def test_half_precision_features_are_extracted_in_float32(case):
     raw = case.outputs["raw"].to(torch.bfloat16)
     mesh = features_to_mesh(case.outputs["raw_coords"][:, 1:], raw, resolution=64)
     ref = features_to_mesh(case.outputs["raw_coords"][:, 1:], raw.float(), resolution=64)
     assert mesh.vertices.dtype == torch.float32 and torch.equal(mesh.faces, ref.faces)
 
 
-def test_without_colour_channels_the_mesh_has_no_vertex_attributes():
-    case = load_case("mesh_decoder")
+def test_without_colour_channels_the_mesh_has_no_vertex_attributes(case):
     mesh = features_to_mesh(case.outputs["raw_coords"][:, 1:], case.outputs["raw"][:, :53], resolution=64)
     assert mesh.vertex_attrs is None
     assert torch.equal(mesh.faces, case.outputs["faces"])
@@ -162,8 +163,7 @@ def test_bad_inputs_raise_input_error():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_matches_the_official_mesh():
-    case = load_case("mesh_decoder")
+def test_cuda_matches_the_official_mesh(case):
     mesh = features_to_mesh(case.outputs["raw_coords"][:, 1:].cuda(), case.outputs["raw"].cuda(), resolution=64)
     assert mesh.vertices.is_cuda
     assert_close(mesh.vertices, case.outputs["vertices"], atol=1e-4, rtol=0, what="vertices")

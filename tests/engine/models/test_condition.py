@@ -2,10 +2,7 @@
 `embedder_fuser_slat`, the official checkpoint manifests and the conditioning tokens of `official_format_tiny/`."""
 from __future__ import annotations
 
-import collections
-import json
 import math
-import typing
 from dataclasses import replace
 
 import pytest
@@ -16,6 +13,7 @@ from engine.errors import InputError
 from engine.models.condition import PRESETS, SLAT_INPUTS, ConditionConfig, ConditionEmbedder
 from engine.models.dino import DinoConfig
 from engine.models.point_embed import PointPatchEmbedConfig
+from tests.engine.manifests import assert_matches_manifest, build_on_meta, tiny_checkpoint
 from tests.engine.parity import assert_close, load_case
 from tests.paths import PARITY
 
@@ -96,23 +94,6 @@ def test_matches_official_raw_embeddings_and_fused_tokens(name):
     assert model.cfg.num_tokens == case.outputs["tokens"].shape[1]
 
 
-def _tiny_folder_state_dict(checkpoint: str) -> dict[str, torch.Tensor]:
-    """The condition-embedder tensors of a Lightning .ckpt in official_format_tiny/, without running its pickle's
-    code: OmegaConf objects in the hyper-parameters are read as inert stand-ins."""
-
-    class _Inert:
-        def __setstate__(self, state):
-            pass
-
-    omegaconf = ["dictconfig.DictConfig", "listconfig.ListConfig", "base.ContainerMetadata", "base.Metadata",
-                 "nodes.AnyNode"]  # fmt: skip
-    stand_ins = [(type(n.split(".")[-1], (_Inert,), {}), f"omegaconf.{n}") for n in omegaconf]
-    allowed = stand_ins + [dict, list, int, typing.Any, collections.defaultdict]
-    with torch.serialization.safe_globals(allowed):
-        ckpt = torch.load(TINY_FOLDER / checkpoint, map_location="cpu", weights_only=True)
-    return {k[len(PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(PREFIX)}
-
-
 @pytest.mark.parametrize(
     "stage, checkpoint, preset", [("ss", "ss_generator.ckpt", "tiny"), ("slat", "slat_generator.ckpt", "tiny_slat")]
 )
@@ -120,7 +101,7 @@ def _tiny_folder_state_dict(checkpoint: str) -> dict[str, torch.Tensor]:
 def test_tiny_presets_load_official_format_tiny_and_reproduce_its_tokens(stage, checkpoint, preset):
     io = load_file(str(TINY_FOLDER / "io.safetensors"))
     model = ConditionEmbedder(PRESETS[preset]).eval()
-    model.load_state_dict(_tiny_folder_state_dict(checkpoint), strict=True)
+    model.load_state_dict(tiny_checkpoint(checkpoint, PREFIX), strict=True)
     inputs = {name: io[f"output.preprocessed.{stage}.{name}"] for name in model.input_names}
     # Suggested tolerance for end-to-end conditioning tokens (official_format_tiny/README.md).
     assert_close(model(inputs), io[f"output.cond.{stage}_tokens"], atol=1e-4, rtol=1e-4, what=f"{stage} tokens")
@@ -134,15 +115,10 @@ def test_tiny_presets_load_official_format_tiny_and_reproduce_its_tokens(stage, 
     [("official", "manifest_ss_generator.json", 7528), ("official_slat", "manifest_slat_generator.json", 5496)],
 )
 def test_official_modules_have_the_checkpoint_keys_and_shapes_and_token_counts(preset, manifest, tokens):
-    keys = json.loads((PARITY / manifest).read_text())["keys"]
-    expected = {k[len(PREFIX) :]: v["shape"] for k, v in keys.items() if k.startswith(PREFIX)}
+    model = build_on_meta(lambda: ConditionEmbedder(PRESETS[preset]))
+    assert_matches_manifest(model, manifest, PREFIX)
     with torch.device("meta"):
-        model = ConditionEmbedder(PRESETS[preset])
-        inputs = {
-            name: torch.empty(1, 1 if "mask" in name else 3, 518, 518) for name in model.input_names
-        }
-        out = model(inputs)
-    assert {k: list(v.shape) for k, v in model.state_dict().items()} == expected
+        out = model({name: torch.empty(1, 1 if "mask" in name else 3, 518, 518) for name in model.input_names})
     assert out.shape == (1, tokens, 1024) == (1, PRESETS[preset].num_tokens, PRESETS[preset].embed_dim)
     assert PRESETS[preset].hidden_dim == 2816
 

@@ -8,6 +8,7 @@ import torch
 
 from engine.errors import InputError
 from engine.models.dino import PRESETS, Dino, DinoConfig
+from tests.engine.manifests import assert_matches_manifest, build_on_meta
 from tests.engine.parity import assert_close, load_case
 from tests.paths import PARITY
 
@@ -106,14 +107,11 @@ def test_rejects_images_with_two_channels(case):
 
 @pytest.fixture(scope="module")
 def official():
-    with torch.device("meta"):
-        return Dino(PRESETS["official"])
+    return build_on_meta(lambda: Dino(PRESETS["official"]))
 
 
 def test_official_backbone_has_the_checkpoint_keys_and_shapes(official):
-    manifest = json.loads((PARITY / "manifest_ss_generator.json").read_text())["keys"]
-    expected = {k[len(PREFIX) :]: v["shape"] for k, v in manifest.items() if k.startswith(PREFIX)}
-    assert {k: list(v.shape) for k, v in official.state_dict().items()} == expected
+    assert_matches_manifest(official, "manifest_ss_generator.json", PREFIX)
 
 
 def test_official_token_counts(official):

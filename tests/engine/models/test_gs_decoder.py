@@ -1,8 +1,6 @@
 """The SLAT Gaussian decoder against the official outputs (parity gs_decoder) and checkpoint manifests."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -11,8 +9,9 @@ from engine.assets import Gaussians
 from engine.models.gs_decoder import PLY_FIELDS, PRESETS, GaussianDecoder, GaussianDecoderConfig, hammersley_offsets
 from engine.models.slat_decoder import SlatDecoderConfig
 from engine.sparse.tensor import SparseTensor
+from tests.engine.manifests import assert_matches_manifest, build_on_meta, tiny_checkpoint
 from tests.engine.parity import assert_close, load_case
-from tests.paths import PARITY
+from tests.engine.sparse.random_voxels import random_items
 
 PARITY_CONFIG = GaussianDecoderConfig(
     trunk=SlatDecoderConfig(resolution=16, model_channels=64, num_blocks=2, num_heads=4, window_size=4)
@@ -71,21 +70,13 @@ def test_offset_perturbation_is_computed_like_upstream(case):
 
 @pytest.mark.parametrize("preset,manifest", [("official", "slat_decoder_gs"), ("official_4", "slat_decoder_gs_4")])
 def test_official_presets_have_the_checkpoint_keys_shapes_and_buffer(preset, manifest):
-    expected = json.loads((PARITY / f"manifest_{manifest}.json").read_text())["keys"]
-    with torch.device("meta"):
-        model = GaussianDecoder(PRESETS[preset])
-    state = model.state_dict()
-    assert sorted(state) == sorted(expected)
-    for key, tensor in state.items():
-        assert list(tensor.shape) == expected[key]["shape"], key
-    assert {n for n, _ in model.named_buffers()} == {k for k, v in expected.items() if v["kind"] == "buffer"}
+    assert_matches_manifest(build_on_meta(lambda: GaussianDecoder(PRESETS[preset])), f"manifest_{manifest}.json")
 
 
 @pytest.mark.parametrize("preset,name", [("tiny", "slat_decoder_gs"), ("tiny_4", "slat_decoder_gs_4")])
 def test_tiny_presets_load_the_official_format_tiny_checkpoints(preset, name):
-    state = torch.load(PARITY / "official_format_tiny" / f"{name}.ckpt", weights_only=True)
-    with torch.device("meta"):
-        model = GaussianDecoder(PRESETS[preset])
+    state = tiny_checkpoint(f"{name}.ckpt")
+    model = build_on_meta(lambda: GaussianDecoder(PRESETS[preset]))
     model.to_empty(device="cpu")
     model.reset_buffers()
     assert_close(model.offset_perturbation, state["offset_perturbation"], 0, 0, "recomputed buffer")
@@ -100,17 +91,9 @@ def test_batch_of_two_equals_two_single_calls():
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) / max(1, p[0].numel()) ** 0.5)
-    coords = [_random_coords(gen, n, 16) for n in (70, 55)]
-    feats = [torch.randn(c.shape[0], 8, generator=gen) for c in coords]
-    batched = SparseTensor(torch.cat([coords[0], coords[1] + torch.tensor([1, 0, 0, 0], dtype=torch.int32)]),
-                           torch.cat(feats))
+    batched, items = random_items(gen, (70, 55), grid=16, channels=8)
     with torch.no_grad():
         both = model.decode(batched)
-        singles = [model.decode(SparseTensor(c, f)) for c, f in zip(coords, feats)]
+        singles = [model.decode(item) for item in items]
     assert_close(both.ply_fields(), torch.cat([s.ply_fields() for s in singles]), 1e-5, 1e-5, "batched ply fields")
     assert [len(g) for g in both.to_assets()] == [70 * 4, 55 * 4]
-
-
-def _random_coords(gen: torch.Generator, n: int, grid: int) -> torch.Tensor:
-    cells = torch.randperm(grid**3, generator=gen)[:n]
-    return torch.stack([cells * 0, cells // grid**2, (cells // grid) % grid, cells % grid], dim=1).int()

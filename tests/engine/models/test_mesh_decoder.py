@@ -9,7 +9,9 @@ import torch
 from engine.models.mesh_decoder import PRESETS, MeshDecoder, MeshDecoderConfig
 from engine.models.slat_decoder import SlatDecoderConfig
 from engine.sparse.tensor import SparseTensor
+from tests.engine.manifests import assert_matches_manifest, build_on_meta, tiny_checkpoint
 from tests.engine.parity import assert_close, load_case
+from tests.engine.sparse.random_voxels import random_items
 from tests.paths import PARITY
 
 PARITY_CONFIG = MeshDecoderConfig(
@@ -46,17 +48,11 @@ def test_matches_official_trunk_subdivisions_and_raw_output_with_coords(case, mo
 
 
 def test_official_preset_has_the_checkpoint_keys_and_shapes():
-    expected = json.loads((PARITY / "manifest_slat_decoder_mesh.json").read_text())["keys"]
-    with torch.device("meta"):
-        model = MeshDecoder(PRESETS["official"])
-    state = model.state_dict()
-    assert sorted(state) == sorted(expected)
-    for key, tensor in state.items():
-        assert list(tensor.shape) == expected[key]["shape"], key
+    assert_matches_manifest(build_on_meta(lambda: MeshDecoder(PRESETS["official"])), "manifest_slat_decoder_mesh.json")
 
 
 def test_tiny_preset_loads_the_official_format_tiny_checkpoint():
-    state = torch.load(PARITY / "official_format_tiny" / "slat_decoder_mesh.ckpt", weights_only=True)
+    state = tiny_checkpoint("slat_decoder_mesh.ckpt")
     groups = json.loads((PARITY / "official_format_tiny" / "not_in_yaml.json").read_text())["mesh_decoder"]
     assert PRESETS["tiny"].groupnorm_groups == groups["subdivide_groupnorm_groups"]["this_folder"]
     assert PRESETS["official"].groupnorm_groups == groups["subdivide_groupnorm_groups"]["real_release"]
@@ -69,17 +65,9 @@ def test_batch_of_two_equals_two_single_calls():
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) / max(1, p[0].numel()) ** 0.5)
-    coords = [_random_coords(gen, n, 12) for n in (30, 22)]
-    feats = [torch.randn(c.shape[0], 8, generator=gen) for c in coords]
-    batched = SparseTensor(torch.cat([coords[0], coords[1] + torch.tensor([1, 0, 0, 0], dtype=torch.int32)]),
-                           torch.cat(feats))
+    batched, items = random_items(gen, (30, 22), grid=12, channels=8)
     with torch.no_grad():
         both = model(batched)
-        singles = [model(SparseTensor(c, f)) for c, f in zip(coords, feats)]
+        singles = [model(item) for item in items]
     assert_close(both.feats, torch.cat([s.feats for s in singles]), 1e-5, 1e-5, "batched raw")
     assert torch.equal(both.coords[:, 1:], torch.cat([s.coords[:, 1:] for s in singles]))
-
-
-def _random_coords(gen: torch.Generator, n: int, grid: int) -> torch.Tensor:
-    cells = torch.randperm(grid**3, generator=gen)[:n]
-    return torch.stack([cells * 0, cells // grid**2, (cells // grid) % grid, cells % grid], dim=1).int()

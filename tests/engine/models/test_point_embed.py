@@ -1,15 +1,13 @@
 """PointPatchEmbed against the official code (parity case `point_patch_embed`)."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from engine.errors import InputError
 from engine.models.point_embed import PRESETS, PointPatchEmbed, PointPatchEmbedConfig
+from tests.engine.manifests import assert_matches_manifest, build_on_meta
 from tests.engine.parity import assert_close, load_case
-from tests.paths import PARITY
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 PREFIX = "_base_models.condition_embedder.module_list.2."
@@ -90,14 +88,11 @@ def test_rejects_a_pointmap_without_three_channels(model):
 
 @pytest.fixture(scope="module")
 def official():
-    with torch.device("meta"):
-        return PointPatchEmbed(PRESETS["official"])
+    return build_on_meta(lambda: PointPatchEmbed(PRESETS["official"]))
 
 
 def test_official_module_has_the_checkpoint_keys_and_shapes(official):
-    manifest = json.loads((PARITY / "manifest_ss_generator.json").read_text())["keys"]
-    expected = {k[len(PREFIX) :]: v["shape"] for k, v in manifest.items() if k.startswith(PREFIX)}
-    assert {k: list(v.shape) for k, v in official.state_dict().items()} == expected
+    assert_matches_manifest(official, "manifest_ss_generator.json", PREFIX)
 
 
 def test_official_token_count(official):

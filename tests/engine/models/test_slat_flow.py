@@ -1,9 +1,6 @@
 """The stage-2 SLAT flow against the official outputs (parity slat_flow, slat_sampler) and checkpoint manifest."""
 from __future__ import annotations
 
-import json
-import pickle
-import types
 from dataclasses import replace
 
 import pytest
@@ -12,8 +9,8 @@ import torch
 from engine.models.slat_flow import PRESETS, SlatFlowConfig, SlatFlowModel, SlatVelocity
 from engine.sampling import STAGE2, sample
 from engine.sparse.tensor import SparseTensor
+from tests.engine.manifests import assert_matches_manifest, build_on_meta, tiny_checkpoint
 from tests.engine.parity import assert_close, load_case
-from tests.paths import PARITY
 
 CKPT_PREFIX = "_base_models.generator.reverse_fn.backbone."
 PARITY_CONFIG = SlatFlowConfig(model_channels=64, cond_channels=64, num_blocks=2, num_heads=4,
@@ -77,20 +74,12 @@ def test_batch_of_two_with_the_same_voxels_equals_two_single_calls():
 
 
 def test_official_preset_has_the_checkpoint_keys_and_shapes():
-    manifest = json.loads((PARITY / "manifest_slat_generator.json").read_text())["keys"]
-    expected = {k.removeprefix(CKPT_PREFIX): v for k, v in manifest.items() if k.startswith(CKPT_PREFIX)}
-    with torch.device("meta"):
-        model = SlatFlowModel(PRESETS["official"])
-    state = model.state_dict()
-    assert sorted(state) == sorted(expected)
-    for key, tensor in state.items():
-        assert list(tensor.shape) == expected[key]["shape"], key
+    model = build_on_meta(lambda: SlatFlowModel(PRESETS["official"]))
+    assert_matches_manifest(model, "manifest_slat_generator.json", CKPT_PREFIX)
 
 
 def test_tiny_preset_loads_the_official_format_tiny_checkpoint_strictly():
-    ckpt = torch.load(PARITY / "official_format_tiny" / "slat_generator.ckpt", weights_only=False,
-                      pickle_module=_pickle_without_omegaconf())
-    state = {k.removeprefix(CKPT_PREFIX): v for k, v in ckpt["state_dict"].items() if k.startswith(CKPT_PREFIX)}
+    state = tiny_checkpoint("slat_generator.ckpt", CKPT_PREFIX)
     SlatFlowModel(PRESETS["tiny"]).load_state_dict(state, strict=True)
 
 
@@ -109,20 +98,3 @@ def _shell_coords(gen: torch.Generator, grid: int) -> torch.Tensor:
     r = (xyz.float() - (grid - 1) / 2).norm(dim=1) + 0.3 * torch.rand(xyz.shape[0], generator=gen)
     keep = (r > grid / 2 - 2.5) & (r < grid / 2 - 1)
     return torch.cat([torch.zeros(int(keep.sum()), 1, dtype=torch.int64), xyz[keep]], dim=1).int()
-
-
-def _pickle_without_omegaconf() -> types.SimpleNamespace:
-    """The Lightning container's hyper_parameters hold omegaconf objects; read them as inert stubs."""
-
-    class Inert:
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def __setstate__(self, state):
-            pass
-
-    class Unpickler(pickle.Unpickler):
-        def find_class(self, module, name):
-            return Inert if module.startswith("omegaconf") else super().find_class(module, name)
-
-    return types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="pickle_without_omegaconf")

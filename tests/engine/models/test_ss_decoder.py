@@ -1,14 +1,12 @@
 """The sparse-structure VAE decoder against the official logits (parity ss_decoder) and checkpoint manifest."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from engine.models.ss_decoder import PRESETS, SSDecoder, SSDecoderConfig, UpsampleBlock3d
+from tests.engine.manifests import assert_matches_manifest, build_on_meta
 from tests.engine.parity import assert_close, load_case
-from tests.paths import PARITY
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +29,7 @@ def test_matches_official_logits_from_tokens_and_from_grid(case, official_model,
 
 
 def test_official_preset_has_the_checkpoint_keys_and_shapes():
-    expected = json.loads((PARITY / "manifest_ss_decoder.json").read_text())["keys"]
-    with torch.device("meta"):
-        model = SSDecoder(PRESETS["official"])
-    state = model.state_dict()
-    assert sorted(state) == sorted(expected)
-    for key, tensor in state.items():
-        assert list(tensor.shape) == expected[key]["shape"], key
-    assert not list(model.buffers())
+    assert_matches_manifest(build_on_meta(lambda: SSDecoder(PRESETS["official"])), "manifest_ss_decoder.json")
 
 
 def test_pixel_shuffle_sends_channel_c8_plus_4i_2j_k_to_offset_ijk():

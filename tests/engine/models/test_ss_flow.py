@@ -1,7 +1,6 @@
 """The stage-1 MoT flow model against the official outputs (parity ss_flow_mot) and checkpoint manifest."""
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import pytest
@@ -9,8 +8,8 @@ import torch
 
 from engine.models.embeddings import absolute_position_embedding
 from engine.models.ss_flow import POSE_MODALITIES, PRESETS, SHAPE, SSFlow, SSFlowConfig
+from tests.engine.manifests import assert_matches_manifest, build_on_meta
 from tests.engine.parity import assert_close, load_case
-from tests.paths import PARITY
 
 CKPT_PREFIX = "_base_models.generator.reverse_fn.backbone."
 PARITY_CONFIG = SSFlowConfig(model_channels=64, cond_channels=64, num_blocks=2, num_heads=4, resolution=8)
@@ -41,21 +40,12 @@ def test_matches_official_velocity_for_cond_uncond_shortcut_and_no_d(case, offic
 
 
 def test_official_preset_has_the_checkpoint_keys_and_shapes():
-    manifest = json.loads((PARITY / "manifest_ss_generator.json").read_text())["keys"]
-    expected = {k.removeprefix(CKPT_PREFIX): v for k, v in manifest.items() if k.startswith(CKPT_PREFIX)}
-    with torch.device("meta"):
-        model = SSFlow(PRESETS["official"])
-    state = model.state_dict()
-    assert sorted(state) == sorted(expected)
-    for key, tensor in state.items():
-        assert list(tensor.shape) == expected[key]["shape"], key
-    buffers = {name for name, _ in model.named_buffers()}
-    assert buffers == {k for k, v in expected.items() if v["kind"] == "buffer"}
+    model = build_on_meta(lambda: SSFlow(PRESETS["official"]))
+    assert_matches_manifest(model, "manifest_ss_generator.json", CKPT_PREFIX)
 
 
 def test_tiny_preset_builds_on_meta_and_reset_buffers_restores_the_position_table():
-    with torch.device("meta"):
-        model = SSFlow(PRESETS["tiny"])
+    model = build_on_meta(lambda: SSFlow(PRESETS["tiny"]))
     model.to_empty(device="cpu")
     model.reset_buffers()
     res, c = PRESETS["tiny"].resolution, PRESETS["tiny"].model_channels

@@ -5,33 +5,18 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from engine.errors import InputError
 from engine.moge.infer import MoGeOutput, infer, num_tokens_for, sam3d_pointmap
-from engine.moge.model import MoGeModel, PRESETS
+from engine.moge.model import PRESETS
 from tests.engine.parity import assert_close
-from tests.paths import PARITY
 
-MOGE = PARITY / "moge"
 # (output prefix, internal prefix, input key, infer kwargs) as in moge_v1_tiny.meta.json
 CASES = [
     ("output", "internal", "image", dict(resolution_level=9, force_projection=False, apply_mask=True)),
     ("output_proj", "internal_proj", "image_batch", dict(num_tokens=20, force_projection=True, apply_mask=False)),
     ("output_fov", "internal_fov", "image", dict(resolution_level=0, fov_x=55.0, force_projection=True, apply_mask=True)),
 ]
-
-
-@pytest.fixture(scope="module")
-def golden() -> dict[str, torch.Tensor]:
-    return load_file(str(MOGE / "moge_v1_tiny.safetensors"))
-
-
-@pytest.fixture(scope="module")
-def tiny(golden) -> MoGeModel:
-    model = MoGeModel(PRESETS["tiny"]).eval()
-    model.load_state_dict({k[len("param."):]: v for k, v in golden.items() if k.startswith("param.")}, strict=True)
-    return model
 
 
 @pytest.fixture(scope="module")

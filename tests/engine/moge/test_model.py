@@ -5,27 +5,14 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from engine.moge.model import IMAGENET_MEAN, IMAGENET_STD, MoGeModel, PRESETS, resized_size
+from tests.engine.manifests import assert_matches_manifest, build_on_meta
 from tests.engine.parity import assert_close
 from tests.paths import PARITY
 
-MOGE = PARITY / "moge"
 # (golden forward prefix, input key, num_tokens) as in moge_v1_tiny.meta.json
 FORWARD_CASES = [("forward", "image", 30), ("forward_proj", "image_batch", 20), ("forward_fov", "image", 12)]
-
-
-@pytest.fixture(scope="module")
-def golden() -> dict[str, torch.Tensor]:
-    return load_file(str(MOGE / "moge_v1_tiny.safetensors"))
-
-
-@pytest.fixture(scope="module")
-def tiny(golden) -> MoGeModel:
-    model = MoGeModel(PRESETS["tiny"]).eval()
-    model.load_state_dict({k[len("param."):]: v for k, v in golden.items() if k.startswith("param.")}, strict=True)
-    return model
 
 
 def assert_matches_golden(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
@@ -67,21 +54,14 @@ def test_resized_sizes_match_the_golden_cases():
 
 
 def test_official_model_builds_on_meta_with_the_checkpoint_keys_and_shapes():
-    manifest = json.loads((MOGE / "manifest_moge_vitl.json").read_text())
-    with torch.device("meta"):
-        model = MoGeModel(PRESETS["official"])
-    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
-    theirs = {k: v["shape"] for k, v in manifest["state_dict_keys"].items()}
-    assert sorted(set(theirs) - set(ours)) == [] and sorted(set(ours) - set(theirs)) == []
-    assert ours == theirs
-    buffers = {k for k, v in manifest["state_dict_keys"].items() if v["kind"] == "buffer"}
-    assert {k for k, _ in model.named_buffers()} == buffers
-    assert sum(p.numel() for p in model.parameters()) == manifest["totals"]["num_parameters"]
+    model = build_on_meta(lambda: MoGeModel(PRESETS["official"]))
+    assert_matches_manifest(model, "moge/manifest_moge_vitl.json")
+    totals = json.loads((PARITY / "moge" / "manifest_moge_vitl.json").read_text())["totals"]
+    assert sum(p.numel() for p in model.parameters()) == totals["num_parameters"]
 
 
 def test_buffers_are_recomputed_after_to_empty():
-    with torch.device("meta"):
-        model = MoGeModel(PRESETS["tiny"])
+    model = build_on_meta(lambda: MoGeModel(PRESETS["tiny"]))
     model.to_empty(device="cpu")
     model.reset_buffers()
     assert torch.equal(model.image_mean.flatten(), torch.tensor(IMAGENET_MEAN))

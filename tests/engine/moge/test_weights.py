@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from engine.errors import WeightsError
 from engine.moge.model import PRESETS
@@ -18,16 +17,10 @@ _G = torch.Generator().manual_seed(21)
 
 
 @pytest.fixture(scope="module")
-def golden() -> dict[str, torch.Tensor]:
-    return load_file(str(MOGE / "moge_v1_tiny.safetensors"))
-
-
-@pytest.fixture(scope="module")
-def tiny_blob(golden) -> dict:
+def tiny_blob(tiny_state_dict) -> dict:
     """The tiny model as the public file stores it: {'model': state dict, 'model_config': first-release kwargs}."""
     meta = json.loads((MOGE / "moge_v1_tiny.meta.json").read_text())
-    state_dict = {k[len("param."):]: v for k, v in golden.items() if k.startswith("param.")}
-    return {"model": state_dict, "model_config": meta["tiny_config"]}
+    return {"model": tiny_state_dict, "model_config": meta["tiny_config"]}
 
 
 def _save(blob, path: Path) -> Path:

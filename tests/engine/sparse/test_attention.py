@@ -9,14 +9,9 @@ import torch
 from engine.sparse.attention import full_attention, full_cross_attention, windowed_attention
 from engine.sparse.tensor import SparseTensor
 from tests.engine.parity import assert_close
+from tests.engine.sparse.random_voxels import random_coords
 
 H, D = 2, 4
-
-
-def _random_coords(gen: torch.Generator, n: int, grid: int, batches: int) -> torch.Tensor:
-    cells = torch.randperm(batches * grid**3, generator=gen)[:n]
-    b, rest = cells // grid**3, cells % grid**3
-    return torch.stack([b, rest // grid**2, (rest // grid) % grid, rest % grid], dim=1).int()
 
 
 def _qkv(gen: torch.Generator, n: int) -> list[torch.Tensor]:
@@ -33,7 +28,7 @@ def _softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
 def test_windowed_attention_equals_a_brute_force_loop_over_windows(window, shift):
     gen = torch.Generator().manual_seed(window * 10 + shift)
     grid = 10  # not a multiple of the window: partial windows at the border, no wrap-around
-    coords = _random_coords(gen, 300, grid, batches=2)
+    coords = random_coords(gen, 300, grid, batches=2)
     q, k, v = _qkv(gen, 300)
     x = SparseTensor(coords, torch.zeros(300, 1))
     out = windowed_attention(q, k, v, x, window, shift)
@@ -59,7 +54,7 @@ def test_voxels_on_opposite_borders_do_not_share_a_shifted_window():
 @pytest.mark.parametrize("sizes", [(37, 37), (20, 45), (50,)])
 def test_full_and_cross_attention_stay_inside_each_batch_item(sizes):
     gen = torch.Generator().manual_seed(sum(sizes))
-    coords = torch.cat([_random_coords(gen, n, 6, 1) + torch.tensor([b, 0, 0, 0], dtype=torch.int32)
+    coords = torch.cat([random_coords(gen, n, 6, 1) + torch.tensor([b, 0, 0, 0], dtype=torch.int32)
                         for b, n in enumerate(sizes)])
     order = torch.randperm(coords.shape[0], generator=gen)
     coords = coords[order]  # rows of different items interleaved

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from engine.sparse.conv import SparseConv3d
 from engine.sparse.tensor import SparseTensor
 from tests.engine.parity import assert_close, load_case
+from tests.engine.sparse.random_voxels import random_coords
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_1x1x1_reads_the_weight_memory_as_in_by_out_not_a_transpose():
     with torch.no_grad():
         conv.conv.weight.copy_(torch.randn(6, 1, 1, 1, 4, generator=gen))
         conv.conv.bias.copy_(torch.randn(6, generator=gen))
-    coords = _random_coords(gen, 30, grid=5, batches=1)
+    coords = random_coords(gen, 30, grid=5, batches=1)
     feats = torch.randn(30, 4, generator=gen)
     with torch.no_grad():
         out = conv(SparseTensor(coords, feats)).feats
@@ -46,7 +47,7 @@ def test_1x1x1_reads_the_weight_memory_as_in_by_out_not_a_transpose():
 def test_equals_a_dense_conv3d_read_at_the_active_sites(batches):
     gen = torch.Generator().manual_seed(7 + batches)
     grid, cin, cout = 7, 3, 4
-    coords = _random_coords(gen, 120 * batches, grid, batches)
+    coords = random_coords(gen, 120 * batches, grid, batches)
     feats = torch.randn(coords.shape[0], cin, generator=gen)
     conv = SparseConv3d(cin, cout, 3)
     with torch.no_grad():
@@ -62,7 +63,7 @@ def test_equals_a_dense_conv3d_read_at_the_active_sites(batches):
 
 def test_neighbour_map_is_built_once_per_voxel_set_and_shared_by_replace():
     gen = torch.Generator().manual_seed(5)
-    coords = _random_coords(gen, 50, grid=6, batches=1)
+    coords = random_coords(gen, 50, grid=6, batches=1)
     x = SparseTensor(coords, torch.randn(50, 2, generator=gen))
     conv = SparseConv3d(2, 2, 3)
     with torch.no_grad():
@@ -75,7 +76,7 @@ def test_neighbour_map_is_built_once_per_voxel_set_and_shared_by_replace():
 
 def test_chunked_gather_gives_the_same_result(monkeypatch):
     gen = torch.Generator().manual_seed(9)
-    coords = _random_coords(gen, 80, grid=5, batches=1)
+    coords = random_coords(gen, 80, grid=5, batches=1)
     x = SparseTensor(coords, torch.randn(80, 3, generator=gen))
     conv = SparseConv3d(3, 2, 3)
     with torch.no_grad():
@@ -83,10 +84,3 @@ def test_chunked_gather_gives_the_same_result(monkeypatch):
         monkeypatch.setattr("engine.sparse.conv.GATHER_CHUNK_ELEMENTS", 7)
         chunked = conv(x).feats
     assert_close(chunked, whole, 1e-6, 1e-6, "chunked")
-
-
-def _random_coords(gen: torch.Generator, n: int, grid: int, batches: int) -> torch.Tensor:
-    """n distinct random voxels spread over `batches` items of a grid³, in random row order."""
-    cells = torch.randperm(batches * grid**3, generator=gen)[:n]
-    b, rest = cells // grid**3, cells % grid**3
-    return torch.stack([b, rest // grid**2, (rest // grid) % grid, rest % grid], dim=1).int()

@@ -10,13 +10,12 @@ from engine.errors import InputError
 from engine.sparse.resample import downsample, subdivide, upsample
 from engine.sparse.tensor import SparseTensor
 from tests.engine.parity import assert_close
+from tests.engine.sparse.random_voxels import random_coords
 
 
 def _random_voxels(seed: int, n: int = 90, grid: int = 8, batches: int = 2, channels: int = 3) -> SparseTensor:
     gen = torch.Generator().manual_seed(seed)
-    cells = torch.randperm(batches * grid**3, generator=gen)[:n]
-    b, rest = cells // grid**3, cells % grid**3
-    coords = torch.stack([b, rest // grid**2, (rest // grid) % grid, rest % grid], dim=1).int()
+    coords = random_coords(gen, n, grid, batches)
     return SparseTensor(coords, torch.randn(n, channels, generator=gen))
 
 
