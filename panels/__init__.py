@@ -1,0 +1,1 @@
+"""UI: the 3Dfy sidebars (3D Viewport, Image Editor) and the add-on preferences."""

@@ -1,0 +1,1 @@
+"""The scene layer: bpy + numpy, no UI. Engine results become meshes, materials, images, collections and poses."""
