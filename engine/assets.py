@@ -14,7 +14,7 @@ import numpy as np
 class Mesh:
     vertices: np.ndarray  # (V, 3) float32, object-local
     faces: np.ndarray  # (F, 3) int32, counter-clockwise seen from outside
-    vertex_colors: np.ndarray | None = None  # (V, 3) float32 in [0, 1], linear as the decoder gives them
+    vertex_colors: np.ndarray | None = None  # (V, 3) float32 in [0, 1], display (sRGB) values as the decoder gives
     uvs: np.ndarray | None = None  # (V, 2) float32 in [0, 1], origin bottom-left (glTF flips on export)
     texture: np.ndarray | None = None  # (H, W, 3) uint8 base colour, row 0 = top of the image
 

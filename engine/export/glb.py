@@ -2,7 +2,7 @@
 
 What is written (one scene, one node, one mesh, one triangle primitive, one material):
 
-* POSITION and NORMAL (float32, y-up: `axes.z_up_to_y_up`), indices (uint16 when they fit, else uint32).
+* POSITION and NORMAL (float32, y-up: `frames.object_to_gltf`), indices (uint16 when they fit, else uint32).
 * With a texture: TEXCOORD_0 (float32, v flipped: glTF's UV origin is the image's top-left, the engine's is the
   bottom-left) and a PBR material whose baseColorTexture is the PNG, embedded through a bufferView. The texture
   holds the colours as the decoder gives them (display values), which is what glTF expects there (sRGB).
@@ -20,12 +20,13 @@ import io
 import json
 import struct
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from ..assets import Mesh
 from ..errors import InputError
-from .axes import z_up_to_y_up
+from ..frames import gltf_to_object, object_to_gltf
 from .normals import vertex_normals
 
 GLB_MAGIC = 0x46546C67  # "glTF"
@@ -35,6 +36,8 @@ FLOAT, UNSIGNED_SHORT, UNSIGNED_INT = 5126, 5123, 5125
 ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER = 34962, 34963
 LINEAR, LINEAR_MIPMAP_LINEAR, CLAMP_TO_EDGE = 9729, 9987, 33071
 NEUTRAL_GREY = 0.8  # base colour of a mesh with neither texture nor vertex colours
+_GLTF_TO_OBJECT_4X4 = np.eye(4)
+_GLTF_TO_OBJECT_4X4[:3, :3] = gltf_to_object(np.eye(3)).T  # column-vector form of the y-up -> z-up turn
 
 
 def write_glb(path: str | Path, mesh: Mesh, name: str = "3Dfy object") -> Path:
@@ -46,50 +49,79 @@ def write_glb(path: str | Path, mesh: Mesh, name: str = "3Dfy object") -> Path:
 
 def glb_bytes(mesh: Mesh, name: str = "3Dfy object") -> bytes:
     """The .glb file of `mesh` as bytes."""
+    return scene_glb_bytes([(mesh, None, name)])
+
+
+def write_scene_glb(path: str | Path, objects: Sequence[tuple[Mesh, np.ndarray, str]]) -> Path:
+    """Several meshes in one .glb, each under a node placed by its 4x4 `object_to_camera` (column vectors).
+
+    The Blender/OpenGL camera frame is y-up and looks down -Z, as glTF's own frame, so the camera sits at the
+    origin of the file looking along -Z and every object stands where the engine placed it.
+    """
+    path = Path(path)
+    path.write_bytes(scene_glb_bytes(objects))
+    return path
+
+
+def scene_glb_bytes(objects: Sequence[tuple[Mesh, np.ndarray | None, str]]) -> bytes:
+    """(mesh, object_to_camera or None, name) per object -> .glb bytes (one node, mesh and material each)."""
+    if not objects:
+        raise InputError("nothing to export: no mesh was given", "reconstruct at least one object")
+    builder = _Builder()
+    gltf: dict = {"images": [], "samplers": [], "textures": [], "materials": [], "meshes": [], "nodes": []}
+    for mesh, object_to_camera, name in objects:
+        _add_object(builder, gltf, mesh, object_to_camera, name)
+    gltf = {k: v for k, v in gltf.items() if v}
+    gltf.update({
+        "asset": {"version": "2.0", "generator": "3Dfy"},
+        "scene": 0,
+        "scenes": [{"nodes": list(range(len(objects)))}],
+        "accessors": builder.accessors,
+        "bufferViews": builder.views,
+        "buffers": [{"byteLength": len(builder.data)}],
+    })
+    return _pack(gltf, bytes(builder.data))
+
+
+def _add_object(builder: _Builder, gltf: dict, mesh: Mesh, object_to_camera: np.ndarray | None, name: str) -> None:
     _check(mesh)
     vertices = np.asarray(mesh.vertices, np.float32)
     faces = np.asarray(mesh.faces, np.int64)
     textured = mesh.texture is not None and mesh.uvs is not None
-    builder = _Builder()
 
     index_type = UNSIGNED_SHORT if vertices.shape[0] < 0xFFFF else UNSIGNED_INT
     indices = faces.astype(np.uint16 if index_type == UNSIGNED_SHORT else np.uint32).reshape(-1)
     attributes = {
-        "POSITION": builder.accessor(z_up_to_y_up(vertices).astype(np.float32), "VEC3", with_bounds=True),
-        "NORMAL": builder.accessor(z_up_to_y_up(vertex_normals(vertices, faces)).astype(np.float32), "VEC3"),
+        "POSITION": builder.accessor(object_to_gltf(vertices).astype(np.float32), "VEC3", with_bounds=True),
+        "NORMAL": builder.accessor(object_to_gltf(vertex_normals(vertices, faces)).astype(np.float32), "VEC3"),
     }
-    material: dict = {"name": "base colour", "pbrMetallicRoughness": {"metallicFactor": 0.0, "roughnessFactor": 1.0}}
-    gltf: dict = {}
+    material: dict = {"name": f"{name} base colour",
+                      "pbrMetallicRoughness": {"metallicFactor": 0.0, "roughnessFactor": 1.0}}
     if textured:
         uv = np.asarray(mesh.uvs, np.float32).copy()
         uv[:, 1] = 1.0 - uv[:, 1]
         attributes["TEXCOORD_0"] = builder.accessor(uv, "VEC2")
         png = _png_bytes(np.asarray(mesh.texture))
-        gltf["images"] = [{"bufferView": builder.view(png), "mimeType": "image/png", "name": "base colour"}]
-        gltf["samplers"] = [{"magFilter": LINEAR, "minFilter": LINEAR_MIPMAP_LINEAR,
-                             "wrapS": CLAMP_TO_EDGE, "wrapT": CLAMP_TO_EDGE}]
-        gltf["textures"] = [{"sampler": 0, "source": 0}]
-        material["pbrMetallicRoughness"]["baseColorTexture"] = {"index": 0, "texCoord": 0}
+        gltf["images"].append({"bufferView": builder.view(png), "mimeType": "image/png", "name": f"{name} base colour"})
+        gltf["samplers"].append({"magFilter": LINEAR, "minFilter": LINEAR_MIPMAP_LINEAR,
+                                 "wrapS": CLAMP_TO_EDGE, "wrapT": CLAMP_TO_EDGE})
+        gltf["textures"].append({"sampler": len(gltf["samplers"]) - 1, "source": len(gltf["images"]) - 1})
+        material["pbrMetallicRoughness"]["baseColorTexture"] = {"index": len(gltf["textures"]) - 1, "texCoord": 0}
     elif mesh.vertex_colors is not None:
         linear = srgb_to_linear(np.clip(np.asarray(mesh.vertex_colors, np.float32), 0.0, 1.0))
         attributes["COLOR_0"] = builder.accessor(linear.astype(np.float32), "VEC3")
     else:
         material["pbrMetallicRoughness"]["baseColorFactor"] = [NEUTRAL_GREY, NEUTRAL_GREY, NEUTRAL_GREY, 1.0]
     index_accessor = builder.accessor(indices, "SCALAR", component=index_type, target=ELEMENT_ARRAY_BUFFER)
-
-    gltf.update({
-        "asset": {"version": "2.0", "generator": "3Dfy"},
-        "scene": 0,
-        "scenes": [{"nodes": [0]}],
-        "nodes": [{"mesh": 0, "name": name}],
-        "meshes": [{"name": name, "primitives": [
-            {"attributes": attributes, "indices": index_accessor, "material": 0, "mode": 4}]}],
-        "materials": [material],
-        "accessors": builder.accessors,
-        "bufferViews": builder.views,
-        "buffers": [{"byteLength": len(builder.data)}],
-    })
-    return _pack(gltf, bytes(builder.data))
+    gltf["materials"].append(material)
+    gltf["meshes"].append({"name": name, "primitives": [
+        {"attributes": attributes, "indices": index_accessor, "material": len(gltf["materials"]) - 1, "mode": 4}]})
+    node: dict = {"mesh": len(gltf["meshes"]) - 1, "name": name}
+    if object_to_camera is not None:
+        # The mesh data is y-up; the node first turns it back to the object's z-up frame, then places it.
+        matrix = np.asarray(object_to_camera, np.float64) @ _GLTF_TO_OBJECT_4X4
+        node["matrix"] = [float(v) for v in matrix.T.reshape(-1)]  # glTF stores column-major
+    gltf["nodes"].append(node)
 
 
 def srgb_to_linear(c: np.ndarray) -> np.ndarray:

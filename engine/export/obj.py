@@ -1,6 +1,6 @@
 """Wavefront OBJ writer: `name.obj` + `name.mtl` + `name.png` (when the mesh has a texture), side by side.
 
-* Positions and normals y-up (`axes.z_up_to_y_up`), as Blender's OBJ importer expects by default.
+* Positions and normals y-up (`frames.object_to_gltf`), as Blender's OBJ importer expects by default.
 * `vt` in the engine's own convention (origin bottom-left, which is OBJ's too).
 * Faces `f v/vt/vn` (1-based). Without a texture, vertex colours go on the `v` lines (`v x y z r g b`, the
   widely read extension that Blender, MeshLab and trimesh import), as the display values the decoder gives.
@@ -14,7 +14,7 @@ import numpy as np
 
 from ..assets import Mesh
 from ..errors import InputError
-from .axes import z_up_to_y_up
+from ..frames import object_to_gltf
 from .normals import vertex_normals
 
 
@@ -33,8 +33,8 @@ def write_obj(path: str | Path, mesh: Mesh, name: str = "3Dfy object") -> list[P
 
     vertices = np.asarray(mesh.vertices, np.float64)
     faces = np.asarray(mesh.faces, np.int64)
-    position = z_up_to_y_up(vertices)
-    normal = z_up_to_y_up(vertex_normals(vertices, faces))
+    position = object_to_gltf(vertices)
+    normal = object_to_gltf(vertex_normals(vertices, faces))
     lines = [f"# {name}, written by 3Dfy (y-up)", f"mtllib {mtl_path.name}", f"o {_safe(name)}"]
     if not textured and mesh.vertex_colors is not None:
         colors = np.clip(np.asarray(mesh.vertex_colors, np.float64), 0.0, 1.0)

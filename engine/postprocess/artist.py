@@ -9,6 +9,7 @@ arrays, without glTF) and vertex colours sampled the same way as the texture.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -23,6 +24,17 @@ from .unwrap import unwrap
 
 TEXTURE_SIZES = (512, 4096)  # smallest and largest texture side accepted
 PADDING = 4  # texels of gutter between charts
+
+
+
+@dataclass(frozen=True)
+class PostprocessOptions:
+    """What the pipeline and CLI pass to `make_artist_mesh` (an artist's choices)."""
+
+    faces: int | str = "medium"  # "low" (~5k), "medium" (~30k), "high" (~150k) or a face count
+    texture_size: int = 2048  # side of the base-colour texture, 512..4096
+    cleanup: bool = True  # weld, drop floaters, fix winding, fill small holes
+
 
 # stage -> (start, end) fractions of the whole run, for progress reports; sized after the CPU benchmark
 _STAGES = {"clean-up": (0.0, 0.1), "decimate": (0.1, 0.32), "unwrap": (0.32, 0.42), "bake": (0.42, 1.0)}

@@ -21,3 +21,14 @@ def test_a_point_in_front_of_the_camera_stays_in_front_in_every_frame():
     p_cv = p3d_to_opencv(p_p3d)
     assert p_cv[0, 2] > 0 and p_cv[0, 0] > 0 and p_cv[0, 1] < 0  # +X right, +Y down
     assert p_gl.dtype == torch.float32 and p_gl[0, 0] == 0.3  # inputs are not modified
+
+
+def test_the_gltf_turn_is_a_proper_rotation_that_puts_object_up_on_gltf_up():
+    from engine.frames import gltf_to_object, object_to_gltf
+
+    up = np.array([[0.0, 0.0, 1.0]])
+    np.testing.assert_array_equal(object_to_gltf(up), [[0.0, 1.0, 0.0]])
+    m = object_to_gltf(np.eye(3))
+    assert np.linalg.det(m) == 1.0
+    points = np.random.default_rng(1).normal(size=(10, 3))
+    np.testing.assert_array_equal(gltf_to_object(object_to_gltf(points)), points)

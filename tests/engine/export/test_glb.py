@@ -11,37 +11,9 @@ from PIL import Image
 
 from engine.assets import Mesh
 from engine.errors import InputError
-from engine.export.axes import y_up_to_z_up
+from engine.frames import gltf_to_object
 from engine.export.glb import glb_bytes, srgb_to_linear, write_glb
-
-COMPONENT = {5126: np.float32, 5125: np.uint32, 5123: np.uint16}
-WIDTH = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}
-
-
-def read_glb(data: bytes):
-    """Minimal GLB reader: (json dict, binary chunk). Checks the container on the way."""
-    magic, version, length = struct.unpack_from("<III", data, 0)
-    assert magic == 0x46546C67 and version == 2 and length == len(data)
-    json_length, json_type = struct.unpack_from("<II", data, 12)
-    assert json_type == 0x4E4F534A and json_length % 4 == 0
-    gltf = json.loads(data[20:20 + json_length])
-    bin_length, bin_type = struct.unpack_from("<II", data, 20 + json_length)
-    assert bin_type == 0x004E4942 and bin_length % 4 == 0
-    binary = data[28 + json_length:28 + json_length + bin_length]
-    assert 28 + json_length + bin_length == len(data)
-    return gltf, binary
-
-
-def accessor(gltf, binary, index):
-    a = gltf["accessors"][index]
-    view = gltf["bufferViews"][a["bufferView"]]
-    assert view["byteOffset"] % 4 == 0 and view["byteOffset"] + view["byteLength"] <= len(binary)
-    dtype = COMPONENT[a["componentType"]]
-    width = WIDTH[a["type"]]
-    start = view["byteOffset"] + a.get("byteOffset", 0)
-    array = np.frombuffer(binary, dtype=dtype, count=a["count"] * width, offset=start)
-    return array.reshape(a["count"], width) if width > 1 else array
-
+from tests.engine.export.glb_reader import accessor, read_glb
 
 @pytest.fixture(scope="module")
 def textured() -> Mesh:
@@ -68,7 +40,7 @@ def test_textured_glb_round_trips(textured, tmp_path):
     # y-up: the engine's (x, y, z) is stored as (x, z, -y); the top of the object is the largest y
     np.testing.assert_allclose(position, np.stack([textured.vertices[:, 0], textured.vertices[:, 2],
                                                    -textured.vertices[:, 1]], 1))
-    np.testing.assert_allclose(y_up_to_z_up(position), textured.vertices)
+    np.testing.assert_allclose(gltf_to_object(position), textured.vertices)
     assert np.argmax(position[:, 1]) == 0
     normal = accessor(gltf, binary, attributes["NORMAL"])
     np.testing.assert_allclose(np.linalg.norm(normal, axis=1), 1.0, atol=1e-5)
@@ -118,3 +90,23 @@ def test_unexportable_meshes_are_input_errors(textured):
         glb_bytes(Mesh(bad, textured.faces))
     with pytest.raises(InputError, match="UVs"):
         glb_bytes(Mesh(textured.vertices, textured.faces, texture=textured.texture))
+
+
+def test_a_scene_glb_places_each_object_by_its_object_to_camera():
+    from engine.assets import Mesh
+    from engine.export.glb import scene_glb_bytes
+
+    rng = np.random.default_rng(5)
+    tri = Mesh(rng.random((4, 3)).astype(np.float32) - 0.5, np.array([[0, 1, 2], [0, 2, 3]], np.int32),
+               vertex_colors=rng.random((4, 3)).astype(np.float32))
+    m = np.eye(4)
+    m[:3, :3] = np.linalg.qr(rng.normal(size=(3, 3)))[0] * 0.7
+    m[:3, 3] = [0.2, -0.1, -2.5]
+    gltf, binary = read_glb(scene_glb_bytes([(tri, m, "a"), (tri, np.eye(4), "b")]))
+    assert [n["name"] for n in gltf["nodes"]] == ["a", "b"] and len(gltf["materials"]) == 2
+    node = np.array(gltf["nodes"][0]["matrix"]).reshape(4, 4).T  # column-major in the file
+    acc = gltf["accessors"][gltf["meshes"][0]["primitives"][0]["attributes"]["POSITION"]]
+    view = gltf["bufferViews"][acc["bufferView"]]
+    stored = np.frombuffer(binary, np.float32, acc["count"] * 3, view["byteOffset"]).reshape(-1, 3)
+    placed = (np.c_[stored, np.ones(4)] @ node.T)[:, :3]
+    np.testing.assert_allclose(placed, (np.c_[tri.vertices, np.ones(4)] @ m.T)[:, :3], atol=1e-6)
