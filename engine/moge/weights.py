@@ -6,14 +6,15 @@ Keys map one to one; the load is strict (zero missing, zero unexpected, equal sh
 """
 from __future__ import annotations
 
-import pickle
-import re
 import warnings
 from pathlib import Path
 
 import torch
 
 from ..errors import WeightsError
+from ..weights.cache import cached_weights
+from ..weights.checkpoint import read_torch_pickle
+from ..weights.release import file_identity
 from .model import MoGeConfig, MoGeModel
 
 # encoder name -> (embed_dim, depth, num_heads). ViT-g uses a SwiGLU MLP and is not supported.
@@ -27,9 +28,12 @@ ENCODERS: dict[str, tuple[int, int, int]] = {
 IGNORED_CONFIG_KEYS = {"output_mask", "split_head"}
 
 
-def load_moge(path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> MoGeModel:
+def load_moge(path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+              cache: bool = True, cache_dir: str | Path | None = None) -> MoGeModel:
     """Read a MoGe v1 `model.pt` and return the model in eval mode on `device`, weights cast to `dtype`.
 
+    The file is read with the engine's restricted loader (no pickled code runs) and, with `cache`, converted
+    once to a `.safetensors` file in `dtype` in the weights cache and memory-mapped from there afterwards.
     Raises WeightsError (one line naming the file) when the file is missing, not a readable checkpoint, or does
     not match the architecture its config describes.
     """
@@ -39,6 +43,10 @@ def load_moge(path: str | Path, *, device: torch.device | str = "cpu", dtype: to
     with torch.device("meta"):
         model = MoGeModel(cfg)
     check_state_dict(model, state_dict, path)
+    if cache:
+        identity = {**file_identity(path), "model": "moge"}
+        keep = None if dtype == torch.float32 else dtype
+        state_dict = cached_weights("moge", identity, lambda: state_dict, dtype=keep, cache_dir=cache_dir)
     model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=True, assign=True)
     return model.to(device).eval()
 
@@ -47,24 +55,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """`model.pt` -> (state dict, model_config dict), without executing any code from the file."""
     if not path.is_file():
         raise WeightsError(f"MoGe checkpoint {path} not found", "download Ruicheng/moge-vitl model.pt or pick the file")
-    # Restricted unpickler: torch's weights_only loader for now; switch to engine/weights/checkpoint.py's when it lands.
-    try:
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            blob = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) file
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        detail = f"found {found.group(1)}" if found else ""
-        raise WeightsError(
-            f"MoGe checkpoint {path} cannot be read safely: it holds pickled objects other than tensors and plain "
-            f"containers{f' ({detail})' if detail else ''}", "use the official model.pt"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"MoGe checkpoint {path} cannot be read safely: {reason}", "re-download model.pt") from None
+    blob = read_torch_pickle(path)  # WeightsError naming the file for anything unsafe, corrupt or foreign
     if not (isinstance(blob, dict) and isinstance(blob.get("model"), dict) and isinstance(blob.get("model_config"), dict)):
         keys = sorted(map(str, blob)) if isinstance(blob, dict) else type(blob).__name__
         raise WeightsError(
@@ -74,7 +65,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise WeightsError(f"MoGe checkpoint {path}: entries {bad[:3]} of 'model' are not tensors")
-    return state_dict, blob["model_config"]
+    return dict(state_dict), blob["model_config"]
 
 
 def config_from_checkpoint(model_config: dict, path: str | Path = "model.pt") -> MoGeConfig:

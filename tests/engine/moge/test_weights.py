@@ -76,7 +76,7 @@ class _Payload:
     "blob,needle",
     [
         ({"model": {}, "config": {}}, "expected keys 'model' and 'model_config'"),
-        ({"model": {"x": _Payload()}, "model_config": {}}, "cannot be read safely"),
+        ({"model": {"x": _Payload()}, "model_config": {}}, "are not tensors"),  # kept inert, never constructed
         ({"model": {}, "model_config": {"encoder": "dinov2_vitg14", "remap_output": "exp"}}, "not supported"),
         ({"model": {}, "model_config": {"encoder": "dinov2_vitl14", "remap_output": "linear"}}, "remap_output"),
     ],
@@ -94,6 +94,15 @@ def test_a_missing_or_truncated_file_is_refused(tiny_blob, tmp_path):
     path = _save(tiny_blob, tmp_path / "model.pt")
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(path.read_bytes()[:5000])
-    with pytest.raises(WeightsError, match="cannot be read safely"):
+    with pytest.raises(WeightsError, match="truncated or corrupt"):
         load_moge(truncated)
 
+
+
+def test_the_checkpoint_is_converted_once_to_a_memory_mapped_cache(tiny_blob, tmp_path):
+    path = _save(tiny_blob, tmp_path / "model.pt")
+    first = load_moge(path, cache_dir=tmp_path / "cache", dtype=torch.bfloat16)
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 1
+    second = load_moge(path, cache_dir=tmp_path / "cache", dtype=torch.bfloat16)
+    for (k, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert a.dtype == b.dtype and torch.equal(a, b), k
