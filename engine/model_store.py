@@ -4,6 +4,10 @@ The pipeline asks for a network by name (`config.MODEL_NAMES`) just before a sta
 the store keeps everything loaded. A provider returns a state dict with official key names for a name; it may
 memory-map its tensors (safetensors), so a network costs device memory only while it is loaded.
 Networks whose weights are identical (the DINO copies inside the two condition fusers) can share one module.
+
+Loading casts before the copy: each tensor reaches the device already in the compute dtype (half the bus bytes
+of float32 for bf16), so device memory never holds a float32 copy. To a GPU, host tensors go through two pinned
+staging buffers, the cast into one overlapping the copy out of the other.
 """
 from __future__ import annotations
 
@@ -83,11 +87,71 @@ class ModelStore:
             module = build(name, self.config)
         state = self.provider(name)
         check_state_dict(name, module, state)
-        module.load_state_dict(state, strict=True, assign=True)
-        # Parameters in the compute dtype; buffers that hold integer data keep theirs.
-        module = module.to(device=self.device)
-        module = module.to(dtype=self.dtype) if self.dtype != torch.float32 else module.float()
+        # Floating-point tensors in the compute dtype, cast before they reach the device; integer buffers keep theirs.
+        module.load_state_dict(to_device(state, self.device, self.dtype), strict=True, assign=True)
         return module.eval().requires_grad_(False)
+
+
+def to_device(
+    state: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype, chunk_bytes: int = 32 << 20
+) -> dict[str, torch.Tensor]:
+    """`state` on `device`, floating-point tensors in `dtype` (others keep theirs), tensors shared between keys
+    kept shared. Host -> GPU: cast on the host into a pinned buffer, copy from it asynchronously, in chunks of at
+    most `chunk_bytes` through two buffers (the cast of one chunk overlaps the copy of the previous); the device
+    holds only the result."""
+    staging = _Staging(device, chunk_bytes) if device.type == "cuda" else None
+    out: dict[str, torch.Tensor] = {}
+    done: dict[int, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if id(tensor) not in done:
+            target = dtype if tensor.is_floating_point() else tensor.dtype
+            if staging is not None and tensor.device.type == "cpu":
+                done[id(tensor)] = staging.copy(tensor, target)
+            else:
+                done[id(tensor)] = tensor.to(device=device, dtype=target)
+        out[key] = done[id(tensor)]
+    if staging is not None:
+        staging.finish()
+    return out
+
+
+class _Staging:
+    """Two pinned host buffers for host -> GPU copies with the cast done on the host (see `to_device`)."""
+
+    def __init__(self, device: torch.device, chunk_bytes: int):
+        self.device = device
+        self.chunk_bytes = chunk_bytes
+        self.buffers = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+        self.events: list[torch.cuda.Event | None] = [None, None]
+        self.turn = 0
+
+    def copy(self, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        out = torch.empty(tensor.shape, dtype=dtype, device=self.device)
+        src, dst = tensor.reshape(-1), out.view(-1)  # (n,) each
+        step = max(1, self.chunk_bytes // out.element_size())
+        for start in range(0, src.numel(), step):
+            stop = min(start + step, src.numel())
+            buffer = self._next_buffer()
+            pinned = buffer[: (stop - start) * out.element_size()].view(dtype)  # (stop - start,)
+            pinned.copy_(src[start:stop])  # the cast, on the host
+            dst[start:stop].copy_(pinned, non_blocking=True)
+            self._record()
+        return out
+
+    def finish(self) -> None:
+        torch.cuda.current_stream(self.device).synchronize()
+
+    def _next_buffer(self) -> torch.Tensor:
+        self.turn ^= 1
+        event = self.events[self.turn]
+        if event is not None:
+            event.synchronize()  # its last copy to the device has finished: the buffer is free
+        return self.buffers[self.turn]
+
+    def _record(self) -> None:
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        self.events[self.turn] = event
 
 
 def check_state_dict(name: str, module: nn.Module, state: dict[str, torch.Tensor]) -> None:

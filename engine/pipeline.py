@@ -30,9 +30,11 @@ from .errors import Cancelled, EngineError, InputError, OutOfMemoryError
 from .images import to_mask, to_rgb_float
 from .mesh_extraction import decoded_to_mesh
 from .model_store import ModelStore, Provider
+from .models.attention import attention_kernels
 from .models.slat_flow import SlatVelocity
 from .occupancy import cap_voxel_count, coords_from_logits, keep_surface
 from .pose import Pose, decode_pose
+from .postprocess import PostprocessOptions, make_artist_mesh
 from .preprocess import ObjectInputs, full_image, preprocess_object
 from .results import ObjectResult, ReconstructionResult
 from .sampling import SamplerSettings, sample
@@ -40,7 +42,9 @@ from .sparse.tensor import SparseTensor
 
 ProgressFn = Callable[[str, float], None]  # (stage name, fraction of that stage done in [0, 1])
 OUTPUTS = ("mesh", "gaussians")
-STAGES = ("pointmap", "condition", "geometry", "voxels", "texture", "gaussians", "mesh")  # progress stage names
+# Attention kernels the flow transformers prefer on a GPU (`attention_kernels`; empty: PyTorch's default order).
+FLOW_ATTENTION_KERNELS: tuple[str, ...] = ()
+STAGES = ("pointmap", "condition", "geometry", "voxels", "texture", "gaussians", "mesh", "postprocess")  # in order
 
 
 @dataclass
@@ -72,6 +76,7 @@ class Pipeline:
         self.device = _resolve_device(device)
         self.dtype = _resolve_dtype(dtype, self.device)
         self.models = ModelStore(config, provider, self.device, self.dtype, keep_loaded)
+        self.flow_attention = FLOW_ATTENTION_KERNELS if self.device.type == "cuda" else ()
         self.weights_id = weights_id  # where the weights came from (stored on Blender objects)
         # MoGe for photos without a pointmap; its own preset follows the pipeline's when its weights are random.
         moge_preset = "tiny" if config.preprocess.size < 518 else "official"
@@ -115,6 +120,7 @@ class Pipeline:
         outputs: Sequence[str] = OUTPUTS,
         progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
+        postprocess: PostprocessOptions | None = PostprocessOptions(),
     ) -> ReconstructionResult:
         """Reconstruct every masked object of one picture.
 
@@ -123,7 +129,9 @@ class Pipeline:
         unknown (None: estimated from the image); intrinsics: 3x3 or (fx, fy, cx, cy) in pixels (None: inferred
         from the pointmap); noise: per object a dict {"stage1": {modality: tensor}, "stage2": tensor} to inject
         instead of drawing from `seed`; outputs: a subset of ("mesh", "gaussians"); progress(stage, fraction);
-        cancel: an Event checked between sampler steps and stages (raises `Cancelled`).
+        cancel: an Event checked between sampler steps and stages (raises `Cancelled`); postprocess: the options
+        that turn each raw decoder mesh into a clean, decimated, UV-unwrapped, textured one (`postprocess/`), or
+        None for the raw mesh (vertex colours). The raw mesh is kept in `ObjectResult.raw_mesh` either way.
         """
         stage1, stage2 = samplers_for(self.config, quality)
         outputs = tuple(outputs)
@@ -144,6 +152,8 @@ class Pipeline:
             self._voxels(objects, run)
             self._stage2(objects, stage2, run)
             results = self._decode(objects, outputs, run)
+            if postprocess is not None and "mesh" in outputs:
+                self._postprocess(results, postprocess, run)
         except torch.OutOfMemoryError:
             self.models.release()
             raise OutOfMemoryError(
@@ -222,12 +232,12 @@ class Pipeline:
                     else noise_lib.draw_stage1(shapes, obj.generator, self.device)
                 )
                 x0 = {k: v.to(self.device) for k, v in x0.items()}
-                kv = flow.condition_kv(cond)
-                kv_guided = flow.condition_kv(torch.cat([cond, cond * 0], dim=0))
-                x1 = sample(
-                    velocity, x0, kv, settings, guided_condition=kv_guided,
-                    progress=run.steps("geometry", n, len(objects)), cancelled=run.cancelled,
-                )  # fmt: skip
+                kv = flow.condition_kv(cond)  # guided calls: the same keys/values + the unconditional constants
+                with attention_kernels(self.flow_attention):
+                    x1 = sample(
+                        velocity, x0, kv, settings, guided_condition=flow.guided_kv(kv),
+                        progress=run.steps("geometry", n, len(objects)), cancelled=run.cancelled,
+                    )  # fmt: skip
                 obj.raw.update({f"stage1.{k}": v.float().cpu() for k, v in x1.items()})
             self.models.done_with("ss_flow")
 
@@ -282,12 +292,12 @@ class Pipeline:
                 def velocity(x, t, d, kv, _v=slat_velocity):
                     return _v(x.to(self.dtype), t, d, kv).float()
 
-                kv = flow.condition_kv(cond)
-                kv_guided = flow.condition_kv(torch.cat([cond, cond * 0], dim=0))
-                x1 = sample(
-                    velocity, x0, kv, settings, guided_condition=kv_guided,
-                    progress=run.steps("texture", n, len(objects)), cancelled=run.cancelled,
-                )  # fmt: skip
+                kv = flow.condition_kv(cond)  # guided calls: the same keys/values + the unconditional constants
+                with attention_kernels(self.flow_attention):
+                    x1 = sample(
+                        velocity, x0, kv, settings, guided_condition=flow.guided_kv(kv),
+                        progress=run.steps("texture", n, len(objects)), cancelled=run.cancelled,
+                    )  # fmt: skip
                 obj.raw["stage2.x1_normalized"] = x1.float().cpu()
                 obj.slat = x1[0] * std + mean  # (N, 8)
                 obj.raw["slat_feats"] = obj.slat.cpu()
@@ -322,6 +332,21 @@ class Pipeline:
                     run.check()
                 self.models.done_with("mesh_decoder")
         return results
+
+    def _postprocess(self, results: list[ObjectResult], options: PostprocessOptions, run: _Run) -> None:
+        with run.stage("postprocess"):
+            for n, res in enumerate(results):
+
+                def report(_step: str, fraction: float, _n: int = n) -> None:
+                    run.check()
+                    run.report("postprocess", (_n + fraction) / len(results))
+
+                res.raw_mesh = res.mesh
+                try:
+                    res.mesh = make_artist_mesh(res.raw_mesh, res.gaussians, options.faces, options.texture_size,
+                                                options.cleanup, progress=report, device=self.device)
+                except InputError as exc:
+                    raise InputError(f"mask {res.mask_index + 1}: {exc.message}", exc.hint) from None
 
     # ---- helpers ------------------------------------------------------------------------------------------------
 
@@ -362,21 +387,21 @@ class _Run:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         self.check()
-        self._report(name, 0.0)
+        self.report(name, 0.0)
         start = time.perf_counter()
         yield
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
-        self._report(name, 1.0)
+        self.report(name, 1.0)
 
     def steps(self, name: str, index: int, count: int) -> Callable[[int, int, object], None]:
         """A sampler progress callback for object `index` of `count` within stage `name`."""
 
         def report(done: int, total: int, _state: object) -> None:
-            self._report(name, (index + done / total) / count)
+            self.report(name, (index + done / total) / count)
 
         return report
 
-    def _report(self, name: str, fraction: float) -> None:
+    def report(self, name: str, fraction: float) -> None:
         if self.progress is not None:
             self.progress(name, fraction)
 

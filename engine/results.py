@@ -15,7 +15,8 @@ class ObjectResult:
     mask_index: int  # which of the given masks this object came from
     pose: Pose  # placement in the model (PyTorch3D) camera frame
     object_to_camera: np.ndarray  # (4, 4) float64, column vectors, object-local -> Blender/OpenGL camera frame
-    mesh: Mesh | None = None  # object-local frame (z-up, [-0.5, 0.5]^3)
+    mesh: Mesh | None = None  # object-local frame (z-up, [-0.5, 0.5]^3); textured after post-processing
+    raw_mesh: Mesh | None = None  # the decoder's FlexiCubes mesh with vertex colours (when post-processed)
     gaussians: Gaussians | None = None
     raw: dict[str, torch.Tensor] = field(default_factory=dict)  # stage outputs for debugging (CPU tensors)
 

@@ -31,8 +31,16 @@ count in every stage) and `staged` (each network loaded right before its stage a
 
 FLOPs are counted analytically from the configs (see "FLOP counting" below): the multiply-adds (x2) of every
 matrix product the stage must do (linear layers, attention QK^T and PV, convolutions), nothing for
-element-wise work, norms, sorting or FlexiCubes. Achieved TFLOP/s is FLOPs / wall time; it is compared with
+element-wise work, norms, sorting or FlexiCubes; the unconditional rows' cross-attention is a per-block constant,
+not work (the JSON's flops.all_rows keeps the count that includes it). Achieved TFLOP/s is FLOPs / wall time; it is compared with
 the machine's matrix-product rate measured here (an n x n x n product in the run's dtype, n = 8192 on CUDA).
+
+Flow study (`--flow-study DIR`, before the pipeline runs): single velocity calls of both flows timed per
+attention-kernel preference and from a captured CUDA graph, checked against float32, profiled with torch.profiler
+(kernel time by kind; tables in DIR), and the same calls of an earlier engine copy (`--reference-engine`) for a
+same-session before/after; plus SDPA and the q/k RMS norm alone on the flows' shapes. Each stage row also
+records the process CPU seconds (all threads: shows multi-threaded host work such as loading; a synchronising
+wait spins, so a GPU stage reads about its wall time) and the SM clock at its end.
 
 Output: a markdown table on stdout and, with `--json OUT`, everything in machine-readable form.
 """
@@ -66,7 +74,8 @@ from engine.config import MODEL_NAMES, PipelineConfig, preset, samplers_for  # n
 from engine.flexicubes import CORNER_OFFSETS  # noqa: E402
 from engine.images import to_mask, to_rgb_float  # noqa: E402
 from engine.mesh_extraction import CHANNELS, decoded_to_mesh  # noqa: E402
-from engine.model_store import build  # noqa: E402
+from engine.model_store import ModelStore, build  # noqa: E402
+from engine.models.attention import attention_kernels  # noqa: E402
 from engine.models.slat_flow import SlatVelocity  # noqa: E402
 from engine.occupancy import cap_voxel_count, coords_from_logits, keep_surface  # noqa: E402
 from engine.pipeline import Pipeline  # noqa: E402
@@ -137,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         f"in {report['weights_generation_s']:.1f} s")
     scene = synthetic_scene()
 
+    if args.flow_study is not None:
+        report["flow_study"] = attempt_study(config, provider, device, dtype, args)
+        write_json(args.json, report)
+
     # 3. Every voxel count x loading mode, `repeats` times each; the last run counts.
     modes = ("keep", "staged") if args.loading == "both" else (args.loading,)
     for target in args.voxels:
@@ -165,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 4. The public API once, end to end (random occupancy, whatever the random SS decoder gives).
     if args.api_check and time.perf_counter() - started <= args.budget_s:
-        report["api_check"] = api_check(config, provider, device, dtype, scene, args.seed, args.quality)
+        report["api_check"] = api_check(config, provider, device, dtype, scene, args.seed, args.quality, args)
         log(f"api check: {report['api_check']}")
     elif args.api_check:
         report["skipped"].append("api check: over budget")
@@ -190,6 +203,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-api-check", dest="api_check", action="store_false",
                    help="skip the one end-to-end Pipeline.reconstruct call")
     p.add_argument("--budget-s", type=float, default=1e9, help="skip configurations that would start after this")
+    p.add_argument("--attention", default="engine",
+                   help="attention kernels the flows prefer: 'engine' (pipeline.FLOW_ATTENTION_KERNELS), 'torch' "
+                        "(PyTorch's default order) or a comma list of cudnn, flash, efficient, math")
+    p.add_argument("--flow-study", type=Path, default=None,
+                   help="before the pipeline runs: time, check and profile single velocity calls of both flows "
+                        "(see flow_study) and write the profiler tables into this folder")
+    p.add_argument("--reference-engine", type=Path, default=None,
+                   help="a copy of an earlier engine package (folder named like the package) whose flows the study "
+                        "times and compares against, e.g. out/speed_ref/engine_head from `git archive`")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write all results here")
     return p.parse_args(argv)
@@ -208,11 +230,13 @@ class Recorder:
         start_gib = allocated_gib(self.device)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         yield
         sync(self.device)
-        row = self.stages.setdefault(key, {"seconds": 0.0, "peak_gib": 0.0, "start_gib": start_gib})
+        row = self.stages.setdefault(key, {"seconds": 0.0, "peak_gib": 0.0, "start_gib": start_gib, "cpu_s": 0.0})
         row["seconds"] += time.perf_counter() - t
+        row["cpu_s"] += time.process_time() - cpu  # all threads; synchronising spin-waits, so >= seconds
+        row["sm_clock_mhz"] = sm_clock(self.device)
         row["peak_gib"] = max(row["peak_gib"], peak_gib(self.device))
         row["end_gib"] = allocated_gib(self.device)
 
@@ -233,6 +257,7 @@ def run_object(
         torch.cuda.empty_cache()
     pipe = Pipeline(config, provider, device, dtype, keep_loaded=(mode == "keep"))
     store = pipe.models
+    kernels = flow_kernels(args, pipe)
     rec = Recorder(device)
     errors: list[str] = []
     checks: dict[str, Any] = {}
@@ -298,7 +323,8 @@ def run_object(
         cond1 = attempt("condition_1", staged("condition_1", lambda m: _condition(m, inputs.ss, to_dev)),
                         lambda: torch.randn(1, c1.num_tokens, c1.embed_dim, device=device, dtype=dtype))
         stage1 = attempt(
-            "stage_1", staged("stage_1", lambda m: _geometry(m, cond1, config, stage1_settings, gen, device, dtype)),
+            "stage_1", staged("stage_1", lambda m: _geometry(m, cond1, config, stage1_settings, gen, device, dtype,
+                                                               kernels)),
             lambda: noise_lib.draw_stage1(
                 noise_lib.stage1_shapes(config.ss_flow.resolution, config.ss_flow.shape_channels),
                 torch.Generator().manual_seed(args.seed), torch.device("cpu")),
@@ -318,7 +344,7 @@ def run_object(
                         lambda: torch.randn(1, c2.num_tokens, c2.embed_dim, device=device, dtype=dtype))
         slat = attempt(
             "stage_2", staged("stage_2", lambda m: _texture(m, cond2, coords, config, stage2_settings, gen, device,
-                                                           dtype)),
+                                                           dtype, kernels)),
             lambda: torch.randn(coords.shape[0], config.slat_flow.out_channels, device=device),
         )
         checks["slat_finite"] = bool(torch.isfinite(slat).all())
@@ -374,6 +400,7 @@ def run_object(
         "peak_gib": peak_compute if mode == "keep" else max(peak_compute, peak_load),
         "checks": checks,
         "errors": errors,
+        "flow_attention": list(kernels),
     }
 
 
@@ -386,7 +413,7 @@ def _condition(embedder: nn.Module, named: dict[str, torch.Tensor], to_dev: Call
     return cond
 
 
-def _geometry(flow, cond, config, settings, gen, device, dtype) -> dict[str, torch.Tensor]:
+def _geometry(flow, cond, config, settings, gen, device, dtype, kernels) -> dict[str, torch.Tensor]:
     """Pipeline._stage1 'geometry' for one object."""
     shapes = noise_lib.stage1_shapes(config.ss_flow.resolution, config.ss_flow.shape_channels)
 
@@ -396,8 +423,8 @@ def _geometry(flow, cond, config, settings, gen, device, dtype) -> dict[str, tor
 
     x0 = {k: v.to(device) for k, v in noise_lib.draw_stage1(shapes, gen, device).items()}
     kv = flow.condition_kv(cond)
-    kv_guided = flow.condition_kv(torch.cat([cond, cond * 0], dim=0))
-    x1 = sample(velocity, x0, kv, settings, guided_condition=kv_guided)
+    with attention_kernels(kernels):
+        x1 = sample(velocity, x0, kv, settings, guided_condition=flow.guided_kv(kv))
     return {k: v.float().cpu() for k, v in x1.items()}
 
 
@@ -414,7 +441,7 @@ def _voxels(decoder, stage1, inputs, config, gen, device, dtype):
     return coords, decode_pose(pose_raw, inputs.pointmap_scale, inputs.pointmap_shift, factor)
 
 
-def _texture(flow, cond, coords, config, settings, gen, device, dtype) -> torch.Tensor:
+def _texture(flow, cond, coords, config, settings, gen, device, dtype, kernels) -> torch.Tensor:
     """Pipeline._stage2 'texture' for one object: the SLAT flow on `coords`, de-normalised (N, 8)."""
     x0 = noise_lib.draw_stage2(coords.shape[0], config.slat_flow.in_channels, gen, device)
     slat_velocity = SlatVelocity(flow, coords)
@@ -423,8 +450,8 @@ def _texture(flow, cond, coords, config, settings, gen, device, dtype) -> torch.
         return slat_velocity(x.to(dtype), t, d, kv).float()
 
     kv = flow.condition_kv(cond)
-    kv_guided = flow.condition_kv(torch.cat([cond, cond * 0], dim=0))
-    x1 = sample(velocity, x0, kv, settings, guided_condition=kv_guided)
+    with attention_kernels(kernels):
+        x1 = sample(velocity, x0, kv, settings, guided_condition=flow.guided_kv(kv))
     x1.float().cpu()
     mean = torch.tensor(config.slat_mean, device=device)
     std = torch.tensor(config.slat_std, device=device)
@@ -433,14 +460,24 @@ def _texture(flow, cond, coords, config, settings, gen, device, dtype) -> torch.
     return slat
 
 
-def api_check(config, provider, device, dtype, scene, seed, quality) -> dict[str, Any]:
+def flow_kernels(args: argparse.Namespace, pipe: Pipeline) -> tuple[str, ...]:
+    """The attention-kernel preference of the flow stages (see --attention); also set on `pipe`."""
+    if args.attention == "torch":
+        pipe.flow_attention = ()
+    elif args.attention != "engine":
+        pipe.flow_attention = tuple(a.strip() for a in args.attention.split(",") if a.strip())
+    return pipe.flow_attention
+
+
+def api_check(config, provider, device, dtype, scene, seed, quality, args) -> dict[str, Any]:
     """One `Pipeline.reconstruct` call through the public API (its own stage timings, random occupancy)."""
     try:
         pipe = Pipeline(config, provider, device, dtype, keep_loaded=True)
+        flow_kernels(args, pipe)
         sync(device)
         t = time.perf_counter()
         result = pipe.reconstruct(scene["image"], [scene["mask"]], pointmap=scene["pointmap"], seed=seed,
-                                  quality=quality)
+                                  quality=quality, postprocess=None)  # post-processing: scripts/bench_postprocess.py
         sync(device)
         obj = result.objects[0]
         out = {
@@ -654,9 +691,12 @@ def neighbour_pairs(xyz: torch.Tensor) -> int:
 #   QK^T + PV = 4 L S C (no padding, no masked slots);  dense 3^3 conv = 2 voxels 27 cin cout (zero padding
 #   counted, as cuDNN does it);  sparse (submanifold) 3^3 conv = 2 pairs cin cout, pairs = occupied neighbour
 #   pairs incl. the centre (see `neighbour_pairs`);  1x1 sparse conv = linear.
-# Sampler rows: a guided step runs the network on 2 rows (conditional + unconditional), an unguided step on 1;
-# the condition keys/values are computed once per run for 1 + 2 rows. Not counted: norms, activations, embeddings'
-# sin/cos, resampling gathers, sorting, FlexiCubes (no matrix work).
+# Sampler rows: a guided step runs the network on 2 rows (conditional + unconditional), an unguided step on 1.
+# The cross-attention of an unconditional row (all-zero condition) is a per-block constant, so it is not work the
+# stage must do: queries, attention and output projection are counted for the conditional row of every step only,
+# and the condition keys/values once per run for that one row ("all_rows" keeps the count of the version that did
+# compute them: every row, keys/values for 1 + 2 rows). Not counted: norms, activations, embeddings' sin/cos,
+# resampling gathers, sorting, FlexiCubes (no matrix work).
 
 
 def linear(rows: int, cin: int, cout: int) -> int:
@@ -668,7 +708,8 @@ def attention_flops(queries: int, keys: int, channels: int) -> int:
 
 
 def sampler_rows(settings: SamplerSettings) -> int:
-    """Network rows over a sampling run (mirrors engine.sampling.sample's guidance rule)."""
+    """Network rows over a sampling run (mirrors engine.sampling.sample's guidance rule); settings.steps of them
+    are conditional rows."""
     guidance = 0.0 if settings.shortcut else settings.cfg_strength
     lo, hi = settings.cfg_interval
     grid = time_grid(settings.steps, settings.rescale_t)
@@ -685,16 +726,18 @@ def count_flops(config: PipelineConfig, stats: dict[str, int], quality: str = "d
     return {
         "samplers": {"stage_1": describe_sampler(s1, rows1), "stage_2": describe_sampler(s2, rows2)},
         "condition_1": condition_flops(config.ss_condition),
-        "stage_1": ss_flow_flops(config, rows1),
+        "stage_1": ss_flow_flops(config, rows1, s1.steps),
         "ss_decode": ss_decoder_flops(config.ss_decoder),
         "condition_2": condition_flops(config.slat_condition),
-        "stage_2": slat_flow_flops(config, stats, rows2),
+        "stage_2": slat_flow_flops(config, stats, rows2, s2.steps),
         "gaussians": trunk_flops(config.gs_decoder.trunk, stats)
         + linear(stats["N"], config.gs_decoder.trunk.model_channels, config.gs_decoder.out_channels),
         "mesh_net": mesh_decoder_flops(config, stats),
         "flexicubes": 0,
         "rows": {"stage_1": rows1, "stage_2": rows2},
         "stage_2_transformer_per_row": slat_transformer_flops(config, stats["M"]),
+        "all_rows": {"stage_1": ss_flow_flops(config, rows1, rows1, 3),
+                     "stage_2": slat_flow_flops(config, stats, rows2, rows2, 3)},
     }
 
 
@@ -733,20 +776,21 @@ def condition_flops(cfg) -> int:
     return total
 
 
-def ss_flow_flops(config: PipelineConfig, rows: int) -> int:
+def ss_flow_flops(config: PipelineConfig, rows: int, cross_rows: int, kv_rows: int = 1) -> int:
+    """`rows` network rows, of which `cross_rows` attend to the condition; keys/values for `kv_rows` rows."""
     cfg = config.ss_flow
     c, t = cfg.model_channels, config.ss_condition.num_tokens
     n, p = cfg.resolution**3, len(cfg.pose_channels)
     hidden = int(c * cfg.mlp_ratio)
     per_row = 2 * (linear(1, 256, c) + linear(1, c, c))  # t and d embedders
     per_row += linear(n, cfg.shape_channels, c) * 2 + sum(linear(1, ch, c) * 2 for ch in cfg.pose_channels)
-    block = linear(1, c, 6 * c)  # adaLN
-    for length in (n, p):  # per stream: self qkv + out, cross q + out, MLP, cross-attention
-        block += linear(length, c, 3 * c) + 3 * linear(length, c, c) + 2 * linear(length, c, hidden)
-        block += attention_flops(length, t, c)
+    block, cross = linear(1, c, 6 * c), 0  # adaLN
+    for length in (n, p):  # per stream: self qkv + out, MLP; cross q + out and cross-attention
+        block += linear(length, c, 3 * c) + linear(length, c, c) + 2 * linear(length, c, hidden)
+        cross += 2 * linear(length, c, c) + attention_flops(length, t, c)
     block += attention_flops(n, n, c) + attention_flops(p, p + n, c)  # shape <- shape, pose <- [pose; shape]
-    kv = 3 * cfg.num_blocks * 2 * linear(t, cfg.cond_channels, 2 * c)  # rows 1 + 2, both streams
-    return rows * (per_row + cfg.num_blocks * block) + kv
+    kv = kv_rows * cfg.num_blocks * 2 * linear(t, cfg.cond_channels, 2 * c)  # both streams
+    return rows * (per_row + cfg.num_blocks * block) + cross_rows * cfg.num_blocks * cross + kv
 
 
 def ss_decoder_flops(cfg) -> int:
@@ -764,16 +808,21 @@ def ss_decoder_flops(cfg) -> int:
     return total + conv(side, ch[-1], cfg.out_channels)
 
 
-def slat_transformer_flops(config: PipelineConfig, m: int) -> int:
-    """The 24 transformer blocks of the SLAT flow on M coarse tokens, one row."""
+def slat_transformer_flops(config: PipelineConfig, m: int, cross: bool = True) -> int:
+    """The 24 transformer blocks of the SLAT flow on M coarse tokens, one row (`cross`: with its cross-attention)."""
     cfg = config.slat_flow
     c, t, hidden = cfg.model_channels, config.slat_condition.num_tokens, int(cfg.model_channels * cfg.mlp_ratio)
-    block = linear(1, c, 6 * c) + linear(m, c, 3 * c) + attention_flops(m, m, c) + 3 * linear(m, c, c)
-    block += attention_flops(m, t, c) + 2 * linear(m, c, hidden)
+    block = linear(1, c, 6 * c) + linear(m, c, 3 * c) + attention_flops(m, m, c) + linear(m, c, c)
+    block += 2 * linear(m, c, hidden)
+    if cross:
+        block += 2 * linear(m, c, c) + attention_flops(m, t, c)
     return cfg.num_blocks * block
 
 
-def slat_flow_flops(config: PipelineConfig, stats: dict[str, int], rows: int) -> int:
+def slat_flow_flops(
+    config: PipelineConfig, stats: dict[str, int], rows: int, cross_rows: int, kv_rows: int = 1
+) -> int:
+    """`rows` network rows, of which `cross_rows` attend to the condition; keys/values for `kv_rows` rows."""
     cfg = config.slat_flow
     if len(cfg.io_block_channels) != 1:
         raise NotImplementedError("FLOP counting assumes one I/O level (the official and tiny configs)")
@@ -783,12 +832,13 @@ def slat_flow_flops(config: PipelineConfig, stats: dict[str, int], rows: int) ->
     per_row = linear(1, 256, c) + linear(1, c, c) + linear(n, cfg.in_channels, io)
     per_row += (nres - 1) * (2 * linear(pn, io, io) + emb(io))  # input res blocks at 64^3
     per_row += linear(pm, io, c) + linear(pm, c, c) + linear(m, io, c) + emb(c)  # down block, convs at 32^3
-    per_row += slat_transformer_flops(config, m)
+    per_row += slat_transformer_flops(config, m, cross=False)
     per_row += linear(pn, 2 * c, io) + linear(pn, io, io) + linear(n, 2 * c, io) + emb(io)  # up block at 64^3
     per_row += (nres - 1) * (linear(pn, 2 * io, io) + linear(pn, io, io) + linear(n, 2 * io, io) + emb(io))
     per_row += linear(n, io, cfg.out_channels)
-    kv = 3 * cfg.num_blocks * linear(config.slat_condition.num_tokens, cfg.cond_channels, 2 * c)
-    return rows * per_row + kv
+    cross = slat_transformer_flops(config, m) - slat_transformer_flops(config, m, cross=False)
+    kv = kv_rows * cfg.num_blocks * linear(config.slat_condition.num_tokens, cfg.cond_channels, 2 * c)
+    return rows * per_row + cross_rows * cross + kv
 
 
 def trunk_flops(cfg, stats: dict[str, int]) -> int:
@@ -809,6 +859,356 @@ def mesh_decoder_flops(config: PipelineConfig, stats: dict[str, int]) -> int:
     total += linear(stats["pairs_2x"], c, c1) + linear(stats["pairs_2x"], c1, c1) + linear(stats["N_2x"], c, c1)
     total += linear(stats["pairs_4x"], c1, c2) + linear(stats["pairs_4x"], c2, c2) + linear(stats["N_4x"], c1, c2)
     return total + linear(stats["N_4x"], c2, cfg.out_channels)
+
+
+# ---- flow study: single velocity calls, timed, checked and profiled ------------------------------------------
+
+
+def attempt_study(config, provider, device, dtype, args) -> dict[str, Any]:
+    try:
+        return flow_study(config, provider, device, dtype, args)
+    except Exception as exc:  # the pipeline runs still follow
+        log(f"flow study FAILED: {type(exc).__name__}: {exc}")
+        return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    finally:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+@torch.inference_mode()
+def flow_study(config, provider, device, dtype, args) -> dict[str, Any]:
+    """Single velocity calls of both flows on the benchmark's inputs (stage 1: a guided call of 2 rows and an
+    unguided one; stage 2: the same on the --voxels[0] shell), this engine and --reference-engine's:
+
+    1. agreement: both engines' outputs in `dtype` against float32 (this engine running the plain guided path,
+       keys/values of cat[cond, 0], in float32), as |a - ref| / |ref| per output; and one whole stage-1 sampling
+       run (25 steps, CFG 7) of both engines in `dtype`;
+    2. time per call (median of 5 after 2 warm-ups) under each attention-kernel preference, with the % of the
+       matmul rate for the FLOPs the call must do (unconditional cross-attention not counted);
+    3. torch.profiler of one guided call per stage: kernel time by kind, device-busy time against wall time;
+       the full tables go to --flow-study DIR;
+    4. F.scaled_dot_product_attention alone on the flows' attention shapes, per kernel, with its error against
+       float32.
+    """
+    out_dir = args.flow_study
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rate = matmul_rate(device, dtype)["tflops"]
+    store = ModelStore(config, provider, device, dtype)
+    ss, slat = store.get("ss_flow"), store.get("slat_flow")
+    gen = torch.Generator(device).manual_seed(args.seed + 99)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, device=device)
+
+    # Inputs: stage 1 (2 guided rows, 1 unguided), stage 2 on the shell voxels.
+    shapes = noise_lib.stage1_shapes(config.ss_flow.resolution, config.ss_flow.shape_channels)
+    lat2 = {k: randn(2, *v[1:]) for k, v in shapes.items()}
+    lat1 = {k: v[:1] for k, v in lat2.items()}
+    t2, d2 = torch.full((2,), 300.0, device=device), torch.zeros(2, device=device)
+    cond1 = randn(1, config.ss_condition.num_tokens, config.ss_flow.cond_channels)
+    shell = ShellShape.fit(args.voxels[0], config.slat_flow.resolution, device)
+    stats = voxel_stats(shell.coords, config)
+    x2 = randn(2, shell.coords.shape[0], config.slat_flow.in_channels)
+    cond2 = randn(1, config.slat_condition.num_tokens, config.slat_flow.cond_channels)
+    velocity2 = SlatVelocity(slat, shell.coords)
+    kv1, kv2 = ss.condition_kv(cond1), slat.condition_kv(cond2)
+    guided1, guided2 = ss.guided_kv(kv1), slat.guided_kv(kv2)
+
+    def cast(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(dtype) for k, v in x.items()}
+
+    calls: dict[str, Callable[[], Any]] = {
+        "stage_1 guided (2 rows)": lambda: ss(cast(lat2), t2, d=d2, cond_kv=guided1),
+        "stage_1 unguided (1 row)": lambda: ss(cast(lat1), t2[:1], d=d2[:1], cond_kv=kv1),
+        "stage_2 guided (2 items)": lambda: velocity2(x2.to(dtype), t2, None, guided2),
+        "stage_2 unguided (1 item)": lambda: velocity2(x2[:1].to(dtype), t2[:1], None, kv2),
+    }
+    flops = {
+        "stage_1 guided (2 rows)": ss_flow_flops(config, 2, 1, 0),
+        "stage_1 unguided (1 row)": ss_flow_flops(config, 1, 1, 0),
+        "stage_2 guided (2 items)": slat_flow_flops(config, stats, 2, 1, 0),
+        "stage_2 unguided (1 item)": slat_flow_flops(config, stats, 1, 1, 0),
+    }
+    result: dict[str, Any] = {"voxels": stats["N"], "M": stats["M"], "matmul_tflops": rate}
+
+    # The reference engine's flows on the same weights (shared tensors, no copy), its plain guided path.
+    reference = None
+    if args.reference_engine is not None:
+        reference = reference_flows(args.reference_engine, ss, slat, config, shell.coords)
+        ref_ss, ref_velocity2 = reference
+        ref_kv1 = ref_ss.condition_kv(torch.cat([cond1, cond1 * 0]))
+        ref_kv2 = ref_velocity2.model.condition_kv(torch.cat([cond2, cond2 * 0]))
+        calls["reference stage_1 guided (2 rows)"] = lambda: ref_ss(cast(lat2), t2, d=d2, cond_kv=ref_kv1)
+        calls["reference stage_2 guided (2 items)"] = lambda: ref_velocity2(x2.to(dtype), t2, None, ref_kv2)
+        flops["reference stage_1 guided (2 rows)"] = flops["stage_1 guided (2 rows)"]
+        flops["reference stage_2 guided (2 items)"] = flops["stage_2 guided (2 items)"]
+
+    # 1. Agreement against float32.
+    log("flow study: agreement against float32")
+    result["agreement"] = agreement(config, provider, device, dtype, calls, lat2, t2, d2, cond1, x2, cond2, shell)
+    if reference is not None:
+        settings = samplers_for(config, "default")[0]
+        x0 = noise_lib.draw_stage1(shapes, torch.Generator(device).manual_seed(args.seed), device)
+
+        def run_stage1(flow, kv, guided):
+            def velocity(x, t, d, c):
+                return {k: a.float() for k, a in flow(cast(x), t, d=d, cond_kv=c).items()}
+
+            return sample(velocity, x0, kv, settings, guided_condition=guided)
+
+        ours = run_stage1(ss, kv1, guided1)
+        theirs = run_stage1(ref_ss, ref_ss.condition_kv(cond1), ref_kv1)
+        result["agreement"]["stage_1 sampling, 25 steps CFG 7, vs reference engine"] = {
+            k: relative_error(ours[k], theirs[k]) for k in ours}
+
+    # 2. Time per call under each attention-kernel preference.
+    log("flow study: timing")
+    timings: dict[str, Any] = {}
+    for preference in ("torch", "cudnn", "flash"):
+        kernels = () if preference == "torch" else (preference,)
+        with attention_kernels(kernels):
+            for name, fn in calls.items():
+                if name.startswith("reference") and preference != "torch":
+                    continue
+                try:
+                    seconds = time_call(fn, device)
+                    timings[f"{name} [{preference}]"] = {
+                        "ms": 1e3 * seconds, "tflop": flops[name] / 1e12,
+                        "pct_of_matmul": 100 * flops[name] / seconds / 1e12 / rate}
+                except Exception as exc:
+                    timings[f"{name} [{preference}]"] = {"error": f"{type(exc).__name__}: {exc}"}
+    if device.type == "cuda":  # launch overhead: the same calls replayed from a captured CUDA graph
+        for name in ("stage_1 guided (2 rows)", "stage_2 guided (2 items)"):
+            try:
+                seconds = time_call(captured(calls[name], device), device)
+                timings[f"{name} [torch, CUDA graph]"] = {
+                    "ms": 1e3 * seconds, "tflop": flops[name] / 1e12,
+                    "pct_of_matmul": 100 * flops[name] / seconds / 1e12 / rate}
+            except Exception as exc:
+                timings[f"{name} [torch, CUDA graph]"] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+            gc.collect()
+            torch.cuda.empty_cache()
+    result["timings"] = timings
+
+    # 3. Profiles of the guided calls (PyTorch's default kernels and cuDNN first).
+    log("flow study: profiles")
+    result["profiles"] = {}
+    for preference in ("torch", "cudnn"):
+        with attention_kernels(() if preference == "torch" else (preference,)):
+            for name in ("stage_1 guided (2 rows)", "stage_2 guided (2 items)"):
+                tag = f"{name.split()[0]}_{preference}"
+                result["profiles"][f"{name} [{preference}]"] = profile_call(calls[name], device, out_dir / f"{tag}.txt")
+
+    # 4. SDPA alone on the flows' attention shapes.
+    log("flow study: attention kernels")
+    heads = config.ss_flow.num_heads
+    head_dim = config.ss_flow.model_channels // heads
+    m, t1, tc2 = stats["M"], config.ss_condition.num_tokens, config.slat_condition.num_tokens
+    n1 = config.ss_flow.resolution**3
+    result["qk_norm"] = norm_study(device, dtype, heads, head_dim, {
+        "stage_1 shape stream (2 rows)": (2, n1), "stage_2 (2 items)": (2, m)})
+    result["sdpa"] = sdpa_study(device, dtype, heads, head_dim, rate, {
+        "stage_1 self, shape stream (2 rows)": (2, n1, n1),
+        "stage_1 cross, shape stream (1 row)": (1, n1, t1),
+        "stage_2 self (2 items)": (2, m, m),
+        "stage_2 cross (1 item)": (1, m, tc2),
+    })
+    del calls, reference
+    store.release()
+    return result
+
+
+def reference_flows(path: Path, ss: nn.Module, slat: nn.Module, config: PipelineConfig, coords: torch.Tensor):
+    """The SS flow and a SLAT velocity of the engine package copy at `path`, sharing `ss`/`slat`'s tensors."""
+    import importlib
+
+    sys.path.insert(0, str(path.resolve().parent))
+    ss_mod = importlib.import_module(f"{path.name}.models.ss_flow")
+    slat_mod = importlib.import_module(f"{path.name}.models.slat_flow")
+    with torch.device("meta"):
+        ref_ss, ref_slat = ss_mod.SSFlow(config.ss_flow), slat_mod.SlatFlowModel(config.slat_flow)
+    ref_ss.load_state_dict(ss.state_dict(), strict=True, assign=True)
+    ref_slat.load_state_dict(slat.state_dict(), strict=True, assign=True)
+    return ref_ss.eval(), slat_mod.SlatVelocity(ref_slat.eval(), coords)
+
+
+def agreement(config, provider, device, dtype, calls, lat2, t2, d2, cond1, x2, cond2, shell) -> dict[str, Any]:
+    """Each guided call's output against this engine's float32 plain guided path (cat[cond, 0] keys/values)."""
+    store32 = ModelStore(config, provider, device, torch.float32)
+    ss32 = store32.get("ss_flow")
+    exact1 = ss32(lat2, t2, d=d2, cond_kv=ss32.condition_kv(torch.cat([cond1, cond1 * 0])))
+    store32.release("ss_flow")
+    del ss32
+    slat32 = store32.get("slat_flow")
+    exact2 = SlatVelocity(slat32, shell.coords)(x2, t2, None, slat32.condition_kv(torch.cat([cond2, cond2 * 0])))
+    store32.release()
+    del slat32
+    out: dict[str, Any] = {}
+    for name, fn in calls.items():
+        if "guided (2" not in name or "unguided" in name:
+            continue
+        got = fn()
+        if name.endswith("(2 rows)"):
+            out[name] = {f"{k} row {r}": relative_error(got[k][r], exact1[k][r]) for k in exact1 for r in (0, 1)}
+        else:
+            out[name] = {f"item {r}": relative_error(got[r], exact2[r]) for r in (0, 1)}
+    return out
+
+
+def captured(fn: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
+    """`fn` captured in a CUDA graph (after two warm-up calls on a side stream); returns the replay."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        fn()
+        fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 2, repeats: int = 5) -> float:
+    """Median seconds of `repeats` synchronised calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def kernel_kind(name: str) -> str:
+    n = name.lower()
+    if any(s in n for s in ("flash", "fmha", "attention", "sdpa", "attn")):
+        return "attention"
+    if any(s in n for s in ("gemm", "nvjet", "cutlass", "xmma", "gemv", "splitk")):
+        return "matmul"
+    if any(s in n for s in ("layer_norm", "layernorm", "rms", "norm")):
+        return "norm"
+    if any(s in n for s in ("index", "gather", "scatter")):
+        return "index/gather/scatter"
+    if any(s in n for s in ("cat", "copy", "memcpy", "memset")):
+        return "copy/cat"
+    if any(s in n for s in ("reduce", "sum", "max")):
+        return "reduction"
+    if any(s in n for s in ("elementwise", "vectorized", "unrolled")):
+        return "elementwise"
+    return "other"
+
+
+def profile_call(fn: Callable[[], Any], device: torch.device, table_path: Path) -> dict[str, Any]:
+    """torch.profiler around one call: kernel time by kind and by name, device busy time, wall time."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        wall = time.perf_counter() - t
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    by_kind: dict[str, float] = {}
+    by_name: dict[str, list] = {}
+    spans = []
+    for e in kernels:
+        us = e.time_range.elapsed_us()
+        spans.append((e.time_range.start, e.time_range.end))
+        kind = kernel_kind(e.name)
+        by_kind[kind] = by_kind.get(kind, 0.0) + us / 1e3
+        entry = by_name.setdefault(e.name[:110], [0.0, 0, kind])
+        entry[0] += us / 1e3
+        entry[1] += 1
+    busy, end = 0.0, -math.inf
+    for start, stop in sorted(spans):
+        if stop > end:
+            busy += stop - max(start, end)
+            end = stop
+    try:
+        table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=60, max_name_column_width=90)
+    except Exception as exc:  # older profilers name the column differently
+        table = f"(table failed: {exc})"
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:30]
+    summary = {
+        "wall_ms": 1e3 * wall, "kernel_ms": sum(by_kind.values()), "busy_ms": busy / 1e3, "kernels": len(kernels),
+        "by_kind_ms": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
+        "top_kernels": [{"name": n, "ms": v[0], "count": v[1], "kind": v[2]} for n, v in top],
+    }
+    table_path.write_text(json.dumps({k: v for k, v in summary.items() if k != "top_kernels"}, indent=1) + "\n\n"
+                          + "\n".join(f"{v[0]:9.3f} ms {v[1]:5d}x  {v[2]:<20} {n}" for n, v in top) + "\n\n" + table)
+    return summary
+
+
+def norm_study(device, dtype, heads, head_dim, shapes: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """The per-head q/k RMS norm on a (B, L, 2, H, D) view of a to_qkv output, three ways: the plain float32 form
+    (F.normalize, the previous version), PyTorch's fused rms_norm + gamma, and the engine's `qk_rms_norm`."""
+    import torch.nn.functional as F
+
+    from engine.models.attention import rms_norm_heads
+
+    gen = torch.Generator(device).manual_seed(6)
+    gamma = (1 + 0.1 * torch.randn(2, heads, head_dim, generator=gen, device=device)).to(dtype)
+    d = head_dim
+    ways = {
+        "float32 normalize (previous)": lambda x: (F.normalize(x.float(), dim=-1) * gamma * d**0.5).to(x.dtype),
+        "fused rms_norm + gamma": lambda x: F.rms_norm(x, (d,), eps=1e-24 / d) * gamma,
+        "engine rms_norm_heads": lambda x: rms_norm_heads(x, gamma),
+    }
+    out: dict[str, Any] = {}
+    for label, (b, l) in shapes.items():
+        qkv = torch.randn(b, l, 3, heads, head_dim, generator=gen, device=device).to(dtype)
+        x = qkv[:, :, :2]
+        exact = F.normalize(x.double(), dim=-1) * gamma.double() * d**0.5
+        row = {}
+        for name, fn in ways.items():
+            row[name] = {"ms": 1e3 * time_call(lambda: fn(x), device, 2, 10), "rel_error": relative_error(fn(x), exact)}
+        out[label] = row
+    return out
+
+
+def sdpa_study(device, dtype, heads, head_dim, rate, shapes: dict[str, tuple[int, int, int]]) -> dict[str, Any]:
+    """F.scaled_dot_product_attention alone per kernel on (batch, queries, keys) shapes laid out as the models lay
+    them out ((B, L, H, D) views of packed projections, transposed): time, TFLOP/s, error against float32."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION}  # fmt: skip
+    gen = torch.Generator(device).manual_seed(5)
+    out: dict[str, Any] = {}
+    for label, (b, lq, lk) in shapes.items():
+        q = torch.randn(b, lq, heads, head_dim, generator=gen, device=device).to(dtype).transpose(1, 2)
+        kv = torch.randn(b, lk, 2, heads, head_dim, generator=gen, device=device).to(dtype)
+        k, v = (t.transpose(1, 2) for t in kv.unbind(2))  # (B, H, S, D), strided like to_kv's split
+        exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+        flop = 4 * b * lq * lk * heads * head_dim
+        row: dict[str, Any] = {"tflop": flop / 1e12}
+        for name, backend in backends.items():
+            try:
+                with sdpa_kernel([backend]):
+                    seconds = time_call(lambda: F.scaled_dot_product_attention(q, k, v), device, 2, 10)
+                    err = relative_error(F.scaled_dot_product_attention(q, k, v), exact)
+                row[name] = {"ms": 1e3 * seconds, "tflops": flop / seconds / 1e12,
+                             "pct_of_matmul": 100 * flop / seconds / 1e12 / rate, "rel_error": err}
+            except Exception as exc:
+                row[name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        out[label] = row
+        del q, k, v, kv, exact
+    return out
 
 
 # ---- machine, timing helpers, output --------------------------------------------------------------------------
@@ -859,6 +1259,13 @@ def synthetic_scene(h: int = 480, w: int = 640, seed: int = 0) -> dict[str, np.n
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def sm_clock(device: torch.device) -> int | None:
+    try:
+        return torch.cuda.clock_rate(device) if device.type == "cuda" else None
+    except Exception:  # no NVML
+        return None
 
 
 def allocated_gib(device: torch.device) -> float:
@@ -951,6 +1358,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"Keep-loaded: all networks loaded once in {keep_load:.2f} s (peak while loading "
                          f"{main['peak_load_gib']:.2f} GiB); runs: {modes['keep']['all_totals_s']} s.")
         lines.append(f"Checks: {main['checks']}")
+    if report.get("flow_study"):
+        lines += render_study(report["flow_study"])
     if report.get("api_check"):
         lines.append(f"\nPublic API (Pipeline.reconstruct, random occupancy): {report['api_check']}")
     if report["skipped"]:
@@ -958,6 +1367,36 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["errors"]:
         lines.append("ERRORS:\n" + "\n".join(report["errors"]))
     return "\n".join(lines)
+
+
+def render_study(study: dict[str, Any]) -> list[str]:
+    if "error" in study:
+        return ["", f"Flow study failed: {study['error']}"]
+    head = f"Flow study ({study['voxels']} voxels, M = {study['M']}; matmul {study['matmul_tflops']:.0f} TFLOP/s):"
+    lines = ["", head,
+             "", "| call [attention kernels] | ms | TFLOP | % of matmul rate |", "|---|---:|---:|---:|"]
+    for name, row in study["timings"].items():
+        if "error" in row:
+            lines.append(f"| {name} | {row['error'][:80]} | | |")
+        else:
+            lines.append(f"| {name} | {row['ms']:.2f} | {row['tflop']:.2f} | {row['pct_of_matmul']:.1f}% |")
+    lines += ["", "Agreement (|a - ref| / |ref|, ref = float32 plain guided path):"]
+    for name, row in study["agreement"].items():
+        lines.append(f"- {name}: " + ", ".join(f"{k} {v:.2e}" for k, v in row.items()))
+    lines += ["", "Profiles (one guided call): wall, kernel sum, device busy; kernel time by kind:"]
+    for name, p in study["profiles"].items():
+        kinds = ", ".join(f"{k} {v:.1f}" for k, v in p["by_kind_ms"].items())
+        lines.append(f"- {name}: wall {p['wall_ms']:.1f} ms, kernels {p['kernel_ms']:.1f} ms ({p['kernels']}), "
+                     f"busy {p['busy_ms']:.1f} ms; {kinds}")
+    lines += ["", "q/k RMS norm alone (ms / rel. error vs float64):"]
+    for label, row in study.get("qk_norm", {}).items():
+        lines.append(f"- {label}: " + "; ".join(f"{k} {v['ms']:.3f} / {v['rel_error']:.1e}" for k, v in row.items()))
+    lines += ["", "SDPA alone (ms / % of matmul rate / rel. error vs float32):"]
+    for label, row in study["sdpa"].items():
+        cells = [f"{k} " + (f"{v['ms']:.2f} / {v['pct_of_matmul']:.0f}% / {v['rel_error']:.1e}" if "ms" in v
+                            else v["error"][:60]) for k, v in row.items() if k != "tflop"]
+        lines.append(f"- {label} ({row['tflop']:.2f} TFLOP): " + "; ".join(cells))
+    return lines
 
 
 if __name__ == "__main__":

@@ -1,26 +1,79 @@
 """Attention and MLP pieces with upstream parameter names (to_qkv / to_q / to_kv / to_out, mlp.0 / mlp.2).
 
-Shapes: B batch, L query tokens, S key tokens, C channels, H heads, D = C // H head dim.
-All attention goes through F.scaled_dot_product_attention (flash / memory-efficient kernels on GPU).
+Shapes: B batch, L query tokens, S key tokens, C channels, H heads, D = C // H head dim, R rows.
+All attention goes through F.scaled_dot_product_attention (flash / cuDNN / memory-efficient kernels on GPU;
+`attention_kernels` sets which one PyTorch tries first).
+
+Guided (classifier-free) sampling runs rows [conditional; unconditional] in one batch, and the unconditional
+rows' condition tokens are all zero. For such a row a cross-attention layer's keys are all bias_k and its values
+all bias_v: the softmax is uniform whatever the query, every head returns bias_v, and the layer's output is the
+constant to_out(bias_v) for every token. `GuidedKV` carries the conditional rows' keys/values and that constant,
+so the unconditional rows need no queries, no attention and no keys/values of their own.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+KV = tuple[torch.Tensor, torch.Tensor]  # cross-attention keys, values, each (B, S, H, D)
+
+
+@dataclass(frozen=True)
+class GuidedKV:
+    """Cross-attention context of a guided batch: B conditional rows, then `null_rows` rows whose condition
+    tokens are all zero (see the module docstring). `k`/`v` are the conditional rows' own keys/values (the same
+    tensors the unguided calls use: held once)."""
+
+    k: torch.Tensor  # (B, S, H, D) keys of the conditional rows
+    v: torch.Tensor  # (B, S, H, D) values of the conditional rows
+    null_out: torch.Tensor  # (C,) the layer's output for every token of an unconditional row: to_out(bias_v)
+    null_rows: int  # R unconditional rows after the B conditional ones
+
+    @property
+    def rows(self) -> int:
+        """B + R, the batch this context describes."""
+        return self.k.shape[0] + self.null_rows
+
+
+CrossContext = Union[KV, GuidedKV]  # what a cross-attention layer attends to: (k, v) of every row, or GuidedKV
+
 
 class MultiHeadRMSNorm(nn.Module):
-    """RMS norm per head: normalize(x) * gamma * sqrt(D), computed in float32. gamma: (H, D)."""
+    """RMS norm per head: normalize(x) * gamma * sqrt(D), statistics in float32. gamma: (H, D)."""
 
     def __init__(self, head_dim: int, num_heads: int):
         super().__init__()
-        self.scale = head_dim**0.5
         self.gamma = nn.Parameter(torch.ones(num_heads, head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, L, H, D)
-        return (F.normalize(x.float(), dim=-1) * self.gamma * self.scale).to(x.dtype)
+        return rms_norm_heads(x, self.gamma)  # x: (B, L, H, D)
+
+
+def rms_norm_heads(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """normalize(x, dim=-1) · sqrt(D) · gamma for x (..., D) in any layout, gamma broadcastable to x (e.g. (H, D),
+    or (2, H, D) for q and k of a (B, L, 2, H, D) view normalised together), returned contiguous in x's dtype.
+
+    The norm is one float32-accumulating reduction that reads x as it lies (no copy); x · sqrt(D) / ‖x‖ is computed
+    in float32 and rounded once into x's dtype, then · gamma. (A fused rms_norm kernel handles rows of D = 64 poorly:
+    one row per thread block.)"""
+    d = x.shape[-1]
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)  # (..., 1)
+    if torch.is_grad_enabled() and (x.requires_grad or gamma.requires_grad):  # differentiable form
+        return (x.float() / norm.clamp_min(1e-12) * (gamma.float() * d**0.5)).to(x.dtype)
+    inv = norm.clamp_min_(1e-12).reciprocal_().mul_(d**0.5)  # sqrt(D) / max(‖x‖, 1e-12), as F.normalize clamps
+    out = torch.mul(x, inv, out=torch.empty(x.shape, dtype=x.dtype, device=x.device))  # float32 math, one rounding
+    return out.mul_(gamma.to(x.dtype))
+
+
+def qk_rms_norm(qk: torch.Tensor, q_norm: MultiHeadRMSNorm, k_norm: MultiHeadRMSNorm) -> torch.Tensor:
+    """q and k of a (B, L, 2, H, D) view (the first two thirds of a to_qkv output) through their RMS norms in one
+    pass -> (B, L, 2, H, D)."""
+    return rms_norm_heads(qk, torch.stack([q_norm.gamma, k_norm.gamma]))  # gamma (2, H, D)
 
 
 class SelfAttention(nn.Module):
@@ -37,12 +90,13 @@ class SelfAttention(nn.Module):
         self.to_out = nn.Linear(channels, channels)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x: (B, L, C) -> q, k, v each (B, L, H, D), q/k normalised when configured."""
+        """x: (B, L, C) -> q, k, v each (B, L, H, D), q/k normalised when configured (together, one pass)."""
         b, l, _ = x.shape
-        q, k, v = self.to_qkv(x).reshape(b, l, 3, self.num_heads, -1).unbind(dim=2)
-        if self.qk_rms_norm:
-            q, k = self.q_rms_norm(q), self.k_rms_norm(k)
-        return q, k, v
+        qkv = self.to_qkv(x).reshape(b, l, 3, self.num_heads, -1)  # (B, L, 3, H, D)
+        if not self.qk_rms_norm:
+            return qkv.unbind(dim=2)
+        q, k = qk_rms_norm(qkv[:, :, :2], self.q_rms_norm, self.k_rms_norm).unbind(dim=2)  # (B, L, H, D) each
+        return q, k, qkv[:, :, 2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x)
@@ -65,6 +119,19 @@ class CrossAttention(nn.Module):
         k, v = self.to_kv(context).reshape(b, s, 2, self.num_heads, -1).unbind(dim=2)
         return k, v
 
+    def guided(self, k: torch.Tensor, v: torch.Tensor, null_rows: int | None = None) -> GuidedKV:
+        """The context of a guided batch [conditional rows with keys/values k, v; `null_rows` (default: as many)
+        rows with all-zero condition tokens], holding k and v themselves (no copy)."""
+        return GuidedKV(k, v, self.null_output(), k.shape[0] if null_rows is None else null_rows)
+
+    def null_output(self) -> torch.Tensor:
+        """(C,) the output for a context of all-zero tokens: keys all equal, uniform softmax, every head returns
+        bias_v, so the output is to_out(bias_v) for every query."""
+        c = self.to_out.in_features
+        bias = self.to_kv.bias
+        bias_v = bias[c:] if bias is not None else self.to_out.weight.new_zeros(c)  # to_kv rows: [k (C); v (C)]
+        return self.to_out(bias_v.to(self.to_out.weight.dtype))
+
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return self.attend(x, *self.kv(context))
 
@@ -85,6 +152,35 @@ class FeedForwardNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x)
+
+
+def check_guided_rows(context: GuidedKV, rows: int) -> None:
+    if rows != context.rows:
+        raise ValueError(
+            f"a guided cross-attention context describes {context.k.shape[0]} conditional + {context.null_rows} "
+            f"unconditional rows, but the batch has {rows}"
+        )
+
+
+@contextmanager
+def attention_kernels(order: Sequence[str] | None) -> Iterator[None]:
+    """Inside: F.scaled_dot_product_attention tries the kernels in `order` ("cudnn", "flash", "efficient",
+    "math") first, then the rest in PyTorch's own order, so an input no preferred kernel takes still runs.
+    None or empty: PyTorch's default choice. Outputs agree to the kernels' rounding."""
+    if not order:
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    names = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}  # fmt: skip
+    unknown = [o for o in order if o not in names]
+    if unknown:
+        raise ValueError(f"unknown attention kernel(s) {unknown}; choose from {', '.join(names)}")
+    preferred = [names[o] for o in order]
+    backends = preferred + [b for b in names.values() if b not in preferred]
+    with sdpa_kernel(backends, set_priority=True):
+        yield
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

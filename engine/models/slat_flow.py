@@ -14,7 +14,9 @@ tokens, C model channels, Ci the I/O block channels, E = C the timestep-embeddin
     out = out_layer(layer_norm(h))                      (N, out_channels)
 
 Batches: coords carry the batch item; several items (e.g. the conditional and unconditional passes with the
-same voxels) run in one call, each attending only to its own voxels and its own condition.
+same voxels) run in one call, each attending only to its own voxels and its own condition. For guided calls
+`guided_kv` gives the unconditional items' cross-attention as the per-block constant it is
+(see `attention.GuidedKV`): those items' voxels get no queries and no attention to the condition.
 """
 from __future__ import annotations
 
@@ -25,16 +27,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from ..sparse.attention import full_attention, full_cross_attention
+from ..sparse.attention import batch_groups, full_attention, full_cross_attention
 from ..sparse.conv import SparseConv3d
 from ..sparse.resample import downsample, upsample
 from ..sparse.tensor import SparseTensor
-from .attention import CrossAttention, FeedForwardNet, SelfAttention
+from .attention import CrossAttention, CrossContext, FeedForwardNet, GuidedKV, SelfAttention, check_guided_rows
 from .embeddings import TimestepEmbedder, absolute_position_embedding
 from .norms import LayerNorm32, layer_norm32
 
 
-ConditionKV = list[tuple[torch.Tensor, torch.Tensor]]  # per block: cross-attention (k, v), each (B, T, H, D)
+ConditionKV = list[CrossContext]  # per block: cross-attention (k, v), each (B, T, H, D), or a GuidedKV
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ class SlatFlowModel(nn.Module):
             if cond is None:
                 raise ValueError("SlatFlowModel.forward needs `cond` or `cond_kv`")
             cond_kv = self.condition_kv(cond)
-        batch = cond_kv[0][0].shape[0] if cond_kv else x.batch_size
+        batch = _context_rows(cond_kv[0]) if cond_kv else x.batch_size
         t = t.reshape(-1).expand(batch) if t.numel() == 1 else t.reshape(-1)
         if t.shape[0] != batch or x.batch_size != batch:
             raise InputError(
@@ -144,6 +146,13 @@ class SlatFlowModel(nn.Module):
         if cond.ndim != 3 or cond.shape[-1] != self.cfg.cond_channels:
             raise InputError(f"SlatFlowModel needs cond (B, T, {self.cfg.cond_channels}), got {tuple(cond.shape)}")
         return [block.cross_attn.kv(cond.to(block.cross_attn.to_kv.weight.dtype)) for block in self.blocks]
+
+    def guided_kv(self, kv: ConditionKV, null_rows: int | None = None) -> ConditionKV:
+        """The context of guided calls [B conditional items; `null_rows` (default B) items with all-zero
+        condition] from `kv = condition_kv(cond)` of the conditional items: the same velocity as
+        `condition_kv(torch.cat([cond, cond * 0]))`, holding kv's tensors (no copy) and per block the constant
+        cross-attention output of an all-zero condition."""
+        return [block.cross_attn.guided(*kv_block, null_rows) for block, kv_block in zip(self.blocks, kv)]
 
 
 class SparseResBlock(nn.Module):
@@ -188,25 +197,75 @@ class ModulatedSparseCrossBlock(nn.Module):
         self.mlp = FeedForwardNet(channels, mlp_ratio)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(channels, 6 * channels))
 
-    def forward(self, x: SparseTensor, t_emb: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> SparseTensor:
-        mods = self.adaLN_modulation(t_emb)[x.batch_index]  # (N, 6C) per voxel from its batch item
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.chunk(6, dim=1)
-        h = x.feats
+    def forward(self, x: SparseTensor, t_emb: torch.Tensor, kv: CrossContext) -> SparseTensor:
+        # Voxels as (G, L, C) with their modulation (G, 1 | L, 6C): G = B items of L voxels each when the items
+        # are contiguous and of equal size (no per-voxel copy of the modulation), else G = 1, per-voxel rows.
+        n, c = x.feats.shape
+        mods = self.adaLN_modulation(t_emb)  # (B, 6C)
+        dense = _dense_items(x)
+        if dense:
+            h, mods = x.feats.view(dense, n // dense, c), mods[:, None]  # (B, L, C), (B, 1, 6C)
+        else:
+            h, mods = x.feats[None], mods[x.batch_index][None]  # (1, N, C), (1, N, 6C)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.chunk(6, dim=-1)
 
-        # 1. Self-attention over all voxels of the item
-        a = self.norm1(h) * (1 + scale_msa) + shift_msa
-        q, k, v = (t[0] for t in self.self_attn.qkv(a[None]))  # (N, H, D) each
-        h = h + gate_msa * self.self_attn.to_out(full_attention(q, k, v, x))
+        # 1. Self-attention over all voxels of the item, gated
+        a = _norm_modulate(h, self.norm1, shift_msa, scale_msa)
+        q, k, v = (t.reshape(n, self.num_heads, -1) for t in self.self_attn.qkv(a))  # (N, H, D) each
+        h = torch.addcmul(h, gate_msa, self.self_attn.to_out(full_attention(q, k, v, x)).view_as(h))
 
         # 2. Cross-attention to the condition tokens
-        c = self.norm2(h)
-        q = self.cross_attn.to_q(c).unflatten(1, (self.num_heads, -1))  # (N, H, D)
-        h = h + self.cross_attn.to_out(full_cross_attention(q, kv[0], kv[1], x))  # kv: (B, T, H, D) each
+        h = self._cross_attention(h.view(n, c), x, kv).view_as(h)
 
-        # 3. MLP
-        m = self.norm3(h) * (1 + scale_mlp) + shift_mlp
-        h = h + gate_mlp * self.mlp(m)
-        return x.replace(h)
+        # 3. MLP, gated
+        h = torch.addcmul(h, gate_mlp, self.mlp(_norm_modulate(h, self.norm3, shift_mlp, scale_mlp)))
+        return x.replace(h.view(n, c))
+
+    def _cross_attention(self, h: torch.Tensor, x: SparseTensor, context: CrossContext) -> torch.Tensor:
+        """h + cross_attn(norm2(h)) for the voxels (N, C) of x; the voxels of the unconditional items of a guided
+        batch (the last ones: coarse voxels are sorted by batch item) add the layer's constant instead."""
+        if isinstance(context, GuidedKV):
+            check_guided_rows(context, x.batch_size)
+            head = _leading_items(x, context.k.shape[0])  # the conditional items' voxels
+            m = head.num_voxels
+            return torch.cat([self._attend(h[:m], head, context.k, context.v), h[m:] + context.null_out])
+        return self._attend(h, x, *context)
+
+    def _attend(self, h: torch.Tensor, x: SparseTensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        c = F.layer_norm(h, self.norm2.normalized_shape, self.norm2.weight, self.norm2.bias, self.norm2.eps)
+        q = self.cross_attn.to_q(c).unflatten(1, (self.num_heads, -1))  # (N, H, D)
+        return h + self.cross_attn.to_out(full_cross_attention(q, k, v, x))  # k, v: (B, T, H, D) each
+
+
+def _norm_modulate(h: torch.Tensor, norm: nn.LayerNorm, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """norm(h) · (1 + scale) + shift in two kernels: F.layer_norm keeps float32 statistics and arithmetic inside
+    for bf16/fp16 input (like LayerNorm32, without its float32 copies), addcmul rounds once."""
+    n = F.layer_norm(h, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    return torch.addcmul(shift, n, 1 + scale)
+
+
+def _context_rows(context: CrossContext) -> int:
+    return context.rows if isinstance(context, GuidedKV) else context[0].shape[0]
+
+
+def _dense_items(x: SparseTensor) -> int | None:
+    """B when the voxels are B batch items in order (item b first), all of one size; else None (cached)."""
+    groups = batch_groups(x)
+    return groups.dense[0] if groups.dense is not None and groups.dense_batch is None else None
+
+
+def _leading_items(x: SparseTensor, items: int) -> SparseTensor:
+    """The voxels of batch items 0 … items − 1 as a tensor of their own (cached on x), which must be x's first
+    rows, as they are on the coarse (sorted) voxels the transformer runs on."""
+
+    def build() -> SparseTensor:
+        inside = x.batch_index < items  # (N,)
+        m = int(inside.sum())
+        if not bool(inside[:m].all()):
+            raise InputError("guided cross-attention needs the conditional items' voxels first (sort by batch item)")
+        return SparseTensor(x.coords[:m], x.feats.new_empty(m, 0))
+
+    return x.cached(("leading_items", items), build)
 
 
 class SlatVelocity:

@@ -8,7 +8,8 @@ Upstream `SparseStructureFlowTdfyWrapper` (spec §6). Two token streams run thro
 
 Per block the adaLN modulation is shared; norms, attention and MLP are per stream. The shape stream attends only
 to itself; pose queries attend to [pose; shape]. Cross-attention to the condition tokens is un-gated. The
-unconditional ("cfg") pass is the same call with the condition multiplied by zero.
+unconditional ("cfg") pass is the same call with the condition multiplied by zero; for guided calls
+[cond; uncond], `guided_kv` gives its cross-attention as the per-block constant it is (see `attention.GuidedKV`).
 
 Shapes: B batch, N shape tokens (res³), P pose tokens (4), T condition tokens, C model channels,
 C_cond condition channels, H heads, D = C // H head dim.
@@ -18,9 +19,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .attention import CrossAttention, FeedForwardNet, MultiHeadRMSNorm, attention
+from .attention import (
+    CrossAttention,
+    CrossContext,
+    FeedForwardNet,
+    GuidedKV,
+    MultiHeadRMSNorm,
+    attention,
+    check_guided_rows,
+    qk_rms_norm,
+)
 from .embeddings import TimestepEmbedder, absolute_position_embedding
 from .norms import LayerNorm32, layer_norm32
 
@@ -31,8 +42,9 @@ STREAMS = (SHAPE, POSE)
 BLOCK_NORM_EPS = 1e-6  # norm1/norm2/norm3 inside the blocks
 OUT_NORM_EPS = 1e-5  # the affine-free norm before each out_layer (a different eps upstream, checked by parity)
 
-# Cross-attention keys/values for one condition: per block, per stream, (k, v) each (B, T, H, D).
-ConditionKV = list[dict[str, tuple[torch.Tensor, torch.Tensor]]]
+# Cross-attention context for one condition batch: per block, per stream, (k, v) each (B, T, H, D), or for guided
+# calls a GuidedKV (the conditional rows' k, v and the unconditional rows' constant output).
+ConditionKV = list[dict[str, CrossContext]]
 
 
 @dataclass(frozen=True)
@@ -118,8 +130,9 @@ class SSFlow(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Adapter for `engine.sampling.sample`: `condition` is a (B, T, C_cond) tensor or `condition_kv(...)` of it.
 
-        Pass precomputed keys/values to the sampler, e.g. `condition_kv(cond)` and, for guided steps,
-        `condition_kv(torch.cat([cond, cond * 0]))`, so they are computed once per run.
+        Pass precomputed keys/values to the sampler, computed once per run: `kv = condition_kv(cond)` and, for
+        guided steps, `guided_kv(kv)` (the same as `condition_kv(torch.cat([cond, cond * 0]))`, without computing
+        the unconditional rows' cross-attention or holding their keys/values).
         """
         kv = self.condition_kv(condition) if isinstance(condition, torch.Tensor) else condition
         return self(latents, t, d=d, cond_kv=kv)
@@ -131,6 +144,16 @@ class SSFlow(nn.Module):
         """
         cond = cond.to(self.blocks[0].cross_attn[SHAPE].to_kv.weight.dtype)
         return [{s: block.cross_attn[s].kv(cond) for s in STREAMS} for block in self.blocks]
+
+    def guided_kv(self, kv: ConditionKV, null_rows: int | None = None) -> ConditionKV:
+        """The context of guided calls [B conditional rows; `null_rows` (default B) rows with all-zero condition]
+        from `kv = condition_kv(cond)` of the conditional rows: the same velocity as
+        `condition_kv(torch.cat([cond, cond * 0]))`, holding kv's tensors (no copy) and per block and stream
+        the constant cross-attention output of an all-zero condition."""
+        return [
+            {s: block.cross_attn[s].guided(*kv_block[s], null_rows) for s in STREAMS}
+            for block, kv_block in zip(self.blocks, kv)
+        ]
 
     def reset_buffers(self) -> None:
         """Recompute the fixed shape position table (after `to_empty` from a meta-device build)."""
@@ -189,20 +212,32 @@ class MoTBlock(nn.Module):
         self.mlp = nn.ModuleDict({s: FeedForwardNet(channels, mlp_ratio) for s in STREAMS})
 
     def forward(
-        self, x: dict[str, torch.Tensor], t_emb: torch.Tensor, kv: dict[str, tuple[torch.Tensor, torch.Tensor]]
+        self, x: dict[str, torch.Tensor], t_emb: torch.Tensor, kv: dict[str, CrossContext]
     ) -> dict[str, torch.Tensor]:
         mod = self.adaLN_modulation(t_emb).unsqueeze(1)  # (B, 1, 6C)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)  # 6 × (B, 1, C)
 
         # 1. Self-attention (shape: itself; pose: [pose; shape]), gated
-        h = self.self_attn({s: _modulate(_norm(x[s]), shift_msa, scale_msa) for s in STREAMS})
-        x = {s: x[s] + gate_msa * h[s] for s in STREAMS}
+        h = self.self_attn({s: _norm_modulate(x[s], shift_msa, scale_msa) for s in STREAMS})
+        x = {s: torch.addcmul(x[s], gate_msa, h[s]) for s in STREAMS}  # x + gate · h
 
         # 2. Cross-attention to the condition, un-gated, affine norm
-        x = {s: x[s] + self.cross_attn[s].attend(self.norm2[s](x[s]), *kv[s]) for s in STREAMS}
+        x = {s: self._cross_attention(s, x[s], kv[s]) for s in STREAMS}
 
         # 3. MLP, gated
-        return {s: x[s] + gate_mlp * self.mlp[s](_modulate(_norm(x[s]), shift_mlp, scale_mlp)) for s in STREAMS}
+        return {
+            s: torch.addcmul(x[s], gate_mlp, self.mlp[s](_norm_modulate(x[s], shift_mlp, scale_mlp))) for s in STREAMS
+        }
+
+    def _cross_attention(self, stream: str, x: torch.Tensor, context: CrossContext) -> torch.Tensor:
+        """x + cross_attn(norm2(x)) for x (B, L, C); the unconditional rows of a guided batch add the constant."""
+        norm, cross = self.norm2[stream], self.cross_attn[stream]
+        if not isinstance(context, GuidedKV):
+            return x + cross.attend(_affine_norm(x, norm), *context)
+        check_guided_rows(context, x.shape[0])
+        b = context.k.shape[0]
+        head = x[:b] + cross.attend(_affine_norm(x[:b], norm), context.k, context.v)  # (B, L, C)
+        return torch.cat([head, x[b:] + context.null_out], dim=0)  # (B + R, L, C)
 
 
 class MoTSelfAttention(nn.Module):
@@ -221,8 +256,9 @@ class MoTSelfAttention(nn.Module):
         q, k, v = {}, {}, {}
         for s in STREAMS:
             b, l, _ = h[s].shape
-            q[s], k[s], v[s] = self.to_qkv[s](h[s]).reshape(b, l, 3, self.num_heads, -1).unbind(2)  # (B, L, H, D)
-            q[s], k[s] = self.q_rms_norm[s](q[s]), self.k_rms_norm[s](k[s])
+            qkv = self.to_qkv[s](h[s]).reshape(b, l, 3, self.num_heads, -1)  # (B, L, 3, H, D)
+            q[s], k[s] = qk_rms_norm(qkv[:, :, :2], self.q_rms_norm[s], self.k_rms_norm[s]).unbind(2)  # (B, L, H, D)
+            v[s] = qkv[:, :, 2]
         out = {
             SHAPE: attention(q[SHAPE], k[SHAPE], v[SHAPE]),  # (B, N, C)
             POSE: attention(
@@ -232,13 +268,16 @@ class MoTSelfAttention(nn.Module):
         return {s: self.to_out[s](out[s]) for s in STREAMS}
 
 
-def _norm(x: torch.Tensor) -> torch.Tensor:
-    """norm1 / norm3 of the blocks: affine-free, eps 1e-6, float32."""
-    return layer_norm32(x, BLOCK_NORM_EPS)
+def _norm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """norm1 / norm3 of the blocks (affine-free, eps 1e-6), then · (1 + scale) + shift: two kernels. F.layer_norm
+    keeps float32 statistics and arithmetic inside for bf16/fp16 input, like `layer_norm32`, without the float32
+    copies in and out; addcmul rounds once."""
+    return torch.addcmul(shift, F.layer_norm(x, x.shape[-1:], eps=BLOCK_NORM_EPS), 1 + scale)
 
 
-def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
+def _affine_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """`norm` (a LayerNorm32) applied in one kernel: float32 statistics inside, output in x's dtype."""
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 def _grid_position_table(resolution: int, channels: int, device: torch.device) -> torch.Tensor:

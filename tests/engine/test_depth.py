@@ -1,8 +1,6 @@
 """Photos without a pointmap: MoGe estimates one (tiny MoGe with the parity weights, saved as a model.pt)."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -10,15 +8,7 @@ import torch
 from engine.depth import DepthEstimator
 from engine.errors import WeightsError
 from engine.pipeline import Pipeline
-from tests.engine.parity import load_case
-from tests.paths import PARITY
-
-
-def write_tiny_moge(path) -> None:
-    """The parity's tiny MoGe in the public checkpoint's container: {"model": state dict, "model_config": ...}."""
-    case = load_case("moge/moge_v1_tiny")
-    config = json.loads((PARITY / "moge" / "moge_v1_tiny.meta.json").read_text())["tiny_config"]
-    torch.save({"model": case.params, "model_config": config}, path)
+from tests.engine.tiny_moge import write_tiny_moge
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import torch
 
 from engine.errors import Cancelled, InputError
 from engine.pipeline import STAGES, Pipeline
+from engine.postprocess import PostprocessOptions
 
 
 def _scene(h: int = 48, w: int = 64, seed: int = 0):
@@ -36,12 +37,17 @@ def test_reconstructs_posed_meshes_and_gaussians_for_two_masks(pipe):
     second[5:15, 5:20] = True
     stages = []
     result = pipe.reconstruct(image, [mask, second], pointmap=pointmap, seed=7, quality="fast",
-                              progress=lambda s, f: stages.append(s))
+                              progress=lambda s, f: stages.append(s),
+                              postprocess=PostprocessOptions(faces=2000, texture_size=512))
     assert [o.mask_index for o in result.objects] == [0, 1]
     for obj in result.objects:
-        assert obj.mesh is not None and len(obj.mesh.faces) > 0
-        assert np.abs(obj.mesh.vertices).max() <= 0.5 + 1 / 256  # object-local frame (+ FlexiCubes deform)
-        assert obj.mesh.vertex_colors.shape == obj.mesh.vertices.shape
+        raw = obj.raw_mesh
+        assert raw is not None and len(raw.faces) > 2000
+        assert np.abs(raw.vertices).max() <= 0.5 + 1 / 256  # object-local frame (+ FlexiCubes deform)
+        assert raw.vertex_colors.shape == raw.vertices.shape
+        mesh = obj.mesh  # post-processed: decimated, unwrapped, textured
+        assert 0 < len(mesh.faces) <= 2000 and mesh.texture.shape == (512, 512, 3)
+        assert mesh.uvs.shape == (len(mesh.vertices), 2) and (0 <= mesh.uvs).all() and (mesh.uvs <= 1).all()
         assert obj.gaussians is not None and len(obj.gaussians) == 32 * obj.num_voxels
         m = obj.object_to_camera
         rot = m[:3, :3] / np.cbrt(np.linalg.det(m[:3, :3]))
