@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .config import PipelineConfig
-from .errors import WeightsError
+from .weights.keys import check_state_dict, expected_shapes
 from .models.condition import ConditionEmbedder
 from .models.gs_decoder import GaussianDecoder
 from .models.mesh_decoder import MeshDecoder
@@ -51,9 +51,11 @@ class ModelStore:
         device: torch.device,
         dtype: torch.dtype,
         keep_loaded: bool = True,
+        source_name: str = "the weights",
     ):
         self.config = config
         self.provider = provider
+        self.source_name = source_name  # named in weight errors (a folder, hf:REPO@commit, random)
         self.device = device
         self.dtype = dtype
         self.keep_loaded = keep_loaded
@@ -86,7 +88,7 @@ class ModelStore:
         with torch.device("meta"):
             module = build(name, self.config)
         state = self.provider(name)
-        check_state_dict(name, module, state)
+        check_state_dict(state, expected_shapes(module), file=self.source_name, model=name)
         # Floating-point tensors in the compute dtype, cast before they reach the device; integer buffers keep theirs.
         module.load_state_dict(to_device(state, self.device, self.dtype), strict=True, assign=True)
         return module.eval().requires_grad_(False)
@@ -152,26 +154,3 @@ class _Staging:
         event = torch.cuda.Event()
         event.record(torch.cuda.current_stream(self.device))
         self.events[self.turn] = event
-
-
-def check_state_dict(name: str, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Zero missing, zero unexpected keys and equal shapes, or one WeightsError naming what differs."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        raise WeightsError(
-            f"weights for {name} do not match the model: {'; '.join(parts)}",
-            hint="the checkpoint is of another model or version, or the preset is wrong",
-        )
-    for k, v in expected.items():
-        if tuple(state[k].shape) != tuple(v.shape):
-            raise WeightsError(
-                f"weights for {name}: '{k}' has shape {tuple(state[k].shape)}, the model expects {tuple(v.shape)}",
-                hint="the checkpoint does not match the chosen preset/config",
-            )

@@ -75,7 +75,7 @@ class Pipeline:
         self.config = config
         self.device = _resolve_device(device)
         self.dtype = _resolve_dtype(dtype, self.device)
-        self.models = ModelStore(config, provider, self.device, self.dtype, keep_loaded)
+        self.models = ModelStore(config, provider, self.device, self.dtype, keep_loaded, weights_id or "the weights")
         self.flow_attention = FLOW_ATTENTION_KERNELS if self.device.type == "cuda" else ()
         self.weights_id = weights_id  # where the weights came from (stored on Blender objects)
         # MoGe for photos without a pointmap; its own preset follows the pipeline's when its weights are random.

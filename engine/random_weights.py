@@ -16,13 +16,18 @@ _NORMS = (nn.LayerNorm, nn.GroupNorm)
 
 
 def randomize_(module: nn.Module, seed: int) -> nn.Module:
-    """Overwrite every parameter of `module` in place, deterministically from `seed` (CPU generator)."""
-    g = torch.Generator().manual_seed(seed)
+    """Overwrite every parameter of `module` in place, deterministically from `seed`.
+
+    The numbers are drawn on the parameters' device (a CPU module gets the CPU generator's numbers, a CUDA module
+    CUDA's: fast for the official sizes, but not the same values).
+    """
+    generators: dict[torch.device, torch.Generator] = {}
     norm_params = {id(p) for m in module.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
     with torch.no_grad():
         for name, p in module.named_parameters():
+            g = generators.setdefault(p.device, torch.Generator(p.device).manual_seed(seed))
             leaf = name.rsplit(".", 1)[-1]
-            noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
+            noise = torch.randn(p.shape, generator=g, device=p.device, dtype=torch.float32)
             if id(p) in norm_params:
                 value = 1 + 0.1 * noise if leaf == "weight" else 0.05 * noise
             elif leaf == "gamma":  # RMS norm (1 + 0.1 N) and LayerScale (0.5 + 0.1 N)

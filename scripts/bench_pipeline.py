@@ -70,6 +70,7 @@ from torch import nn  # noqa: E402
 from engine import frames  # noqa: E402
 from engine import noise as noise_lib  # noqa: E402
 from engine.assets import Mesh  # noqa: E402
+from engine.random_weights import randomize_  # noqa: E402
 from engine.config import MODEL_NAMES, PipelineConfig, preset, samplers_for  # noqa: E402
 from engine.flexicubes import CORNER_OFFSETS  # noqa: E402
 from engine.images import to_mask, to_rgb_float  # noqa: E402
@@ -517,7 +518,7 @@ class HostWeights:
                 module = build(name, self.config)
                 if hasattr(module, "reset_buffers"):
                     module.reset_buffers()
-                randomize_on_device(module, self.seed * 1000 + MODEL_NAMES.index(name))
+                randomize_(module, self.seed * 1000 + MODEL_NAMES.index(name))
                 if name == "ss_decoder":
                     calibrate_occupancy(module, self.config, self.seed)
             self._cache[name] = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
@@ -526,33 +527,6 @@ class HostWeights:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
         return self._cache[name]
-
-
-@torch.no_grad()
-def randomize_on_device(module: nn.Module, seed: int) -> None:
-    """engine/random_weights.py's rule (norm weights 1 + 0.1 N, norm biases 0.05 N, matrices N(0, 1/fan_in), other
-    biases 0.05 N, tokens 0.5 N, RMS gamma 1 + 0.1 N, LayerScale 0.5 + 0.1 N), drawn on the parameters' device."""
-    tokens = ("pos_emb", "pos_embed", "pos_embed_window", "cls_token", "register_tokens", "mask_token", "idx_emb",
-              "invalid_xyz_token")  # fmt: skip
-    norms = {id(p) for m in module.modules() if isinstance(m, (nn.LayerNorm, nn.GroupNorm))
-             for p in m.parameters(recurse=False)}  # fmt: skip
-    gen = None
-    for name, p in module.named_parameters():
-        if gen is None:
-            gen = torch.Generator(p.device).manual_seed(seed)
-        leaf = name.rsplit(".", 1)[-1]
-        noise = torch.randn(p.shape, generator=gen, device=p.device, dtype=torch.float32)
-        if id(p) in norms:
-            value = 1 + 0.1 * noise if leaf == "weight" else 0.05 * noise
-        elif leaf == "gamma":
-            value = (0.5 if ".ls" in f".{name}" else 1.0) + 0.1 * noise
-        elif leaf in tokens:
-            value = 0.5 * noise
-        elif p.dim() >= 2:
-            value = noise / (p[0].numel() ** 0.5)
-        else:
-            value = 0.05 * noise
-        p.copy_(value.to(p.dtype))
 
 
 @torch.no_grad()

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 
 from ..errors import WeightsError
+from ..weights.keys import check_state_dict as check_keys
+from ..weights.keys import expected_shapes
 from ..weights.cache import cached_weights
 from ..weights.checkpoint import read_torch_pickle
 from ..weights.release import file_identity
@@ -107,16 +109,9 @@ def config_from_checkpoint(model_config: dict, path: str | Path = "model.pt") ->
 
 
 def check_state_dict(model: MoGeModel, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Strict match of names and shapes; raise one WeightsError line naming the file and the first offenders."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [f"{k} {tuple(v.shape)}≠{expected[k]}" for k, v in state_dict.items()
-             if k in expected and tuple(v.shape) != expected[k]]
-    if missing or unexpected or wrong:
-        parts = [f"{len(x)} {what} (e.g. {', '.join(x[:3])})" for what, x in
-                 (("missing", missing), ("unexpected", unexpected), ("with wrong shape", wrong)) if x]
-        raise WeightsError(f"MoGe checkpoint {path} does not match its model_config: {'; '.join(parts)}")
+    """Strict match of names and shapes (one WeightsError line naming the file), and float tensors only."""
+    check_keys(state_dict, expected_shapes(model), file=path, model="MoGe")
     not_float = [k for k, v in state_dict.items() if not v.is_floating_point()]
     if not_float:
-        raise WeightsError(f"MoGe checkpoint {path}: non-float tensors {not_float[:3]}")
+        raise WeightsError(f"MoGe checkpoint {path}: non-float tensors {', '.join(not_float[:3])}",
+                           "re-download the official file")

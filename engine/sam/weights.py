@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 
 from ..errors import WeightsError
+from ..weights.keys import check_state_dict as check_keys
+from ..weights.keys import expected_shapes
 from ..random_weights import randomize_
 from ..weights.checkpoint import read_checkpoint
 from ..weights.hub import ProgressFn, download_file
@@ -125,18 +127,8 @@ def infer_variant(state_dict: dict[str, torch.Tensor], path: str | Path) -> str 
 
 
 def check_state_dict(model: Sam, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Strict match of names and shapes against `model`; one WeightsError line naming the file and first offenders."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [f"{k} {tuple(v.shape)}≠{expected[k]}" for k, v in state_dict.items()
-             if k in expected and tuple(v.shape) != expected[k]]
-    if missing or unexpected or wrong:
-        parts = [f"{len(x)} {what} (e.g. {', '.join(x[:3])})" for what, x in
-                 (("missing", missing), ("unexpected", unexpected), ("with the wrong shape", wrong)) if x]
-        size = next((name for name, cfg in PRESETS.items() if cfg == model.cfg), "this size")
-        raise WeightsError(f"SAM checkpoint {path} does not match SAM {size}: {'; '.join(parts)}",
-                           "re-download the official file")
+    """Strict match of names and shapes (one WeightsError line naming the file), and float tensors only."""
+    check_keys(state_dict, expected_shapes(model), file=path, model="SAM")
     not_float = [k for k, v in state_dict.items() if not v.is_floating_point()]
     if not_float:
         raise WeightsError(f"SAM checkpoint {path}: non-float tensors {', '.join(not_float[:3])}",

@@ -167,3 +167,21 @@ def test_a_cancel_during_any_stage_stops_the_run_and_frees_the_networks(stage):
     later = STAGES[STAGES.index(stage) + 1:]
     assert not set(seen) & set(later), f"stages after {stage} still ran: {seen}"
     assert pipe.models.loaded == ()
+
+
+def test_weights_that_do_not_fit_the_preset_are_refused_naming_the_source_and_network():
+    from engine.config import preset
+    from engine.errors import WeightsError
+    from engine.weights.sources import random_provider
+
+    tiny = random_provider(preset("tiny"), seed=0)
+
+    def wrong(name):  # one key renamed: a checkpoint of another version
+        state = dict(tiny(name))
+        state["renamed." + next(iter(state))] = state.pop(next(iter(state)))
+        return state
+
+    pipe = Pipeline(preset("tiny"), wrong, device="cpu", weights_id="/weights/elsewhere")
+    image, mask, pointmap = _scene()
+    with pytest.raises(WeightsError, match=r"/weights/elsewhere: the weights do not fit ss_condition: 1 missing"):
+        pipe.reconstruct(image, [mask], pointmap=pointmap, quality="fast")

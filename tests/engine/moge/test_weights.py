@@ -54,9 +54,9 @@ def test_weights_can_be_cast_on_load(tiny_blob, tmp_path):
 @pytest.mark.parametrize(
     "edit,needle",
     [
-        (lambda sd: sd.pop("head.projects.1.bias"), "1 missing (e.g. head.projects.1.bias)"),
-        (lambda sd: sd.__setitem__("head.extra.weight", torch.randn(1, generator=_G)), "1 unexpected (e.g. head.extra.weight)"),
-        (lambda sd: sd.__setitem__("backbone.norm.weight", torch.randn(65, generator=_G)), "1 with wrong shape"),
+        (lambda sd: sd.pop("head.projects.1.bias"), "1 missing (head.projects.1.bias)"),
+        (lambda sd: sd.__setitem__("head.extra.weight", torch.randn(1, generator=_G)), "1 unexpected (head.extra.weight)"),
+        (lambda sd: sd.__setitem__("backbone.norm.weight", torch.randn(65, generator=_G)), "backbone.norm.weight has shape (65,) in the file but the model expects (64,)"),
     ],
 )
 def test_a_state_dict_that_does_not_match_is_refused_naming_the_file(tiny_blob, tmp_path, edit, needle):
