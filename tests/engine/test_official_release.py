@@ -51,7 +51,7 @@ def _check(raw: dict[str, torch.Tensor], pose, mesh, gaussians, io) -> None:
     for name, ours in (("xyz", gaussians["xyz"]), ("color_rgb", gaussians["colors"]), ("scaling", gaussians["scaling"]),
                        ("opacity", gaussians["opacity"].reshape(-1, 1))):
         assert_close(torch.as_tensor(np.array(ours)), out[f"gaussian.{name}"], 1e-4, 1e-4, f"gaussian {name}")
-    rot = torch.nn.functional.normalize(torch.as_tensor(gaussians["rotation"]), dim=-1)
+    rot = torch.nn.functional.normalize(torch.as_tensor(np.array(gaussians["rotation"])), dim=-1)
     assert_close(rot, out["gaussian.rotation"], 1e-4, 1e-4, "gaussian rotation")
     assert_close(torch.as_tensor(mesh["vertices"]), out["mesh.vertices"], 1e-4, 1e-4, "mesh vertices")
     assert torch.equal(torch.as_tensor(mesh["faces"]).int(), out["mesh.faces"]), "mesh faces"
