@@ -35,7 +35,7 @@ def main() -> int:
     p.add_argument("--quality", default="default", choices=("fast", "default", "high"))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    weights = args.weights or (str(DEMO_WEIGHTS) if (DEMO_WEIGHTS / "pipeline.json").is_file() else "random")
+    weights = args.weights or (str(DEMO_WEIGHTS) if (DEMO_WEIGHTS / "demo.json").is_file() else "random")
     preset = args.preset or "tiny"
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

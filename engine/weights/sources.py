@@ -3,6 +3,7 @@ state dicts by model name, and an identity string stored with the results.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -13,6 +14,7 @@ from ..random_weights import randomize_
 
 Provider = Callable[[str], dict[str, torch.Tensor]]
 
+DEMO_FOLDER = Path(__file__).resolve().parents[2] / "weights" / "demo"  # our small model, bundled when trained
 RANDOM_OCCUPANCY = 0.0005  # fraction of the 64^3 cells a random SS decoder marks occupied (about 130 voxels)
 
 
@@ -22,6 +24,15 @@ def open_source(spec: str, preset_name: str = "official", *, seed: int = 0, **op
         options.pop("cache_dtype", None)
         config = preset(preset_name)
         return config, random_provider(config, seed), f"random:{preset_name}:{seed}"
+    from ..train.export import is_demo_folder, open_demo
+
+    if spec == "demo":
+        spec = str(DEMO_FOLDER)
+        if not is_demo_folder(spec):
+            raise WeightsError("the demo weights are not bundled with this copy (weights/demo/demo.json is missing)",
+                               hint="use the official weights (hf:facebook/sam-3d-objects) or a local folder")
+    if is_demo_folder(spec):
+        return open_demo(spec, **options)
     from .release_source import open_release
 
     return open_release(spec, **options)

@@ -185,3 +185,12 @@ def test_weights_that_do_not_fit_the_preset_are_refused_naming_the_source_and_ne
     image, mask, pointmap = _scene()
     with pytest.raises(WeightsError, match=r"/weights/elsewhere: the weights do not fit ss_condition: 1 missing"):
         pipe.reconstruct(image, [mask], pointmap=pointmap, quality="fast")
+
+
+def test_the_demo_source_says_clearly_when_its_weights_are_not_bundled(monkeypatch, tmp_path):
+    from engine.errors import WeightsError
+    from engine.weights import sources
+
+    monkeypatch.setattr(sources, "DEMO_FOLDER", tmp_path / "weights" / "demo")
+    with pytest.raises(WeightsError, match="demo weights are not bundled"):
+        Pipeline.from_source("demo", device="cpu")

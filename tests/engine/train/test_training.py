@@ -1,0 +1,266 @@
+"""Training of the demo model (engine/train/{train,objectives,targets_latent,model_inputs,ss_encoder,slat_encoder,
+demo,export}.py) on the CPU with the "micro" preset: toy networks of the demo's structure on a 16³ grid.
+
+What must hold for the GPU run to be worth its time: the model inputs are exactly the pipeline's, the targets
+decode back to the truth, every stage learns (overfits one fixed batch), a run resumes from its checkpoints, and
+the exported folder loads through the pipeline and reconstructs a synthetic picture.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.config import MODEL_NAMES, PipelineConfig
+from engine.errors import InputError
+from engine.frames import opengl_to_p3d
+from engine.mesh_extraction import features_to_mesh
+from engine.model_store import build
+from engine.pipeline import Pipeline
+from engine.pose import decode_pose
+from engine.preprocess import PreprocessConfig, preprocess_object
+from engine.sparse.resample import subdivide
+from engine.sparse.tensor import SparseTensor
+from engine.train import objectives
+from engine.train.dataset import DataConfig, SyntheticData
+from engine.train.demo import PRESETS
+from engine.train.export import config_from_dict, config_to_dict, open_demo
+from engine.train.model_inputs import object_inputs
+from engine.train.ss_encoder import SSEncoder, normalize_latent_, tokens
+from engine.train.targets import canonical_albedo, canonical_sdf
+from engine.train.targets_latent import (lattice_points, mesh_targets, object_fields, pose_latents, voxel_coords)
+from engine.train.train import STAGE_CLASSES, STAGES, TRAIN_PRESETS, Loop, Run, _scene_batches, train
+
+MICRO = TRAIN_PRESETS["micro"]
+R = PRESETS["micro"].resolution  # 16
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    """Two rendered scenes (48 x 56 px) with their 16³ targets."""
+    return SyntheticData(5, "train", DataConfig(height=48, width=56, resolution=R)).batch(range(2))
+
+
+def _objects(batch, min_pixels: int = 6):
+    b, k = torch.nonzero(batch.targets.valid & (batch.masks.flatten(2).sum(-1) >= min_pixels), as_tuple=True)
+    return b, k
+
+
+# ---- inputs and targets ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [28, 100])  # down- and up-sampling resizes
+def test_batched_inputs_equal_preprocess_object_for_every_object(scenes, size):
+    b, k = _objects(scenes)
+    rgb = scenes.views.image.permute(0, 3, 1, 2)
+    points = opengl_to_p3d(scenes.views.pointmap).permute(0, 3, 1, 2)
+    config = PreprocessConfig(size=size)
+    batch = object_inputs(rgb, points, scenes.masks[b, k].float(), b, config)
+    for i, (bi, ki) in enumerate(zip(b.tolist(), k.tolist())):
+        ref = preprocess_object(rgb[bi], scenes.masks[bi, ki].float(), points[bi], config)
+        for name, expected in ref.ss.items():
+            got = batch.ss[name][i]
+            assert torch.equal(torch.isnan(got), torch.isnan(expected[0])), name
+            torch.testing.assert_close(got.nan_to_num(0), expected[0].nan_to_num(0), atol=1e-4, rtol=0, msg=name)
+        torch.testing.assert_close(batch.pointmap_scale[i], ref.pointmap_scale[0, 0])
+        torch.testing.assert_close(batch.pointmap_shift[i], ref.pointmap_shift[0])
+
+
+def test_pose_latents_decode_back_to_the_true_pose(scenes):
+    b, k = _objects(scenes)
+    points = opengl_to_p3d(scenes.views.pointmap).permute(0, 3, 1, 2)
+    inputs = object_inputs(scenes.views.image.permute(0, 3, 1, 2), points, scenes.masks[b, k].float(), b,
+                           PreprocessConfig(size=28))  # fmt: skip
+    t = scenes.targets
+    latents = pose_latents(t.rotation_matrix[b, k], t.translation[b, k], t.scale[b, k], inputs.pointmap_scale,
+                           inputs.pointmap_shift)  # fmt: skip
+    assert {n: v.shape[1:] for n, v in latents.items()} == {
+        "6drotation_normalized": (1, 6), "translation": (1, 3), "scale": (1, 3), "translation_scale": (1, 1)}
+    for i in range(len(b)):
+        pose = decode_pose({n: v[i : i + 1] for n, v in latents.items()}, inputs.pointmap_scale[i].expand(1, 3),
+                           inputs.pointmap_shift[i][None])  # fmt: skip
+        truth = t.pose(int(b[i]), int(k[i]))
+        torch.testing.assert_close(pose.rotation_matrix, truth.rotation_matrix, atol=1e-5, rtol=0)
+        torch.testing.assert_close(pose.translation, truth.translation, atol=1e-5, rtol=1e-5)
+        assert pose.scale == pytest.approx(truth.scale, rel=1e-5)
+
+
+def test_object_fields_match_the_data_engines_sdf_and_colour(scenes):
+    b, k = torch.nonzero(scenes.targets.valid, as_tuple=True)
+    g = torch.Generator().manual_seed(0)
+    points = torch.rand(len(b), 40, 3, generator=g) - 0.5  # (Q, M, 3) canonical
+    sdf, albedo = object_fields(scenes.scenes, b, k, points, chunk=50)
+    per_object = torch.zeros(*scenes.targets.valid.shape, 40, 3)
+    per_object[b, k] = points
+    torch.testing.assert_close(sdf, canonical_sdf(scenes.scenes, per_object)[b, k])
+    torch.testing.assert_close(albedo, canonical_albedo(scenes.scenes, per_object)[b, k])
+
+
+def test_mesh_targets_put_the_extracted_surface_on_the_object():
+    """The analytic sdf and colour through mesh_targets and FlexiCubes give a mesh on the true surface: no vertex
+    outside the object, a large share on it (the rest lines the inside of the voxel shell), the right colours."""
+    batch = SyntheticData(1, "train", DataConfig(height=32, width=32, resolution=R)).batch(range(2))
+    b, k = torch.nonzero(batch.targets.valid, as_tuple=True)
+    for q in range(len(b)):
+        coords = voxel_coords(batch.targets.occupancy[b[q], k[q]][None])
+        n = len(coords)
+        sdf, albedo = object_fields(batch.scenes, b[q].expand(n), k[q].expand(n), lattice_points(coords[:, 1:], R))
+        fine = subdivide(subdivide(SparseTensor(coords, torch.zeros(n, 1)))).coords
+        assert torch.equal(fine[:, 1:] // 4, coords[torch.arange(len(fine)) // 64, 1:])  # parent-major children
+        target_sdf, target_colour = mesh_targets(fine, coords, sdf, albedo, R)
+        feats = torch.zeros(len(fine), 101)
+        feats[:, :8] = target_sdf
+        colour = torch.cat([target_colour, torch.full_like(target_colour, 0.5)], dim=-1)  # (F, 8, 6)
+        feats[:, 53:] = torch.logit(colour.clamp(1e-4, 1 - 1e-4)).reshape(-1, 48)
+        mesh = features_to_mesh(fine[:, 1:], feats, 4 * R)
+        v = len(mesh.vertices)
+        at, colour_at = object_fields(batch.scenes, b[q].expand(v), k[q].expand(v), mesh.vertices[:, None])
+        fine_units = at[:, 0] * 4 * R
+        assert float(fine_units.max()) <= 0.5  # dual vertices of curved cells sit a little off the surface
+        assert float((fine_units.abs() < 0.25).float().mean()) >= 0.4
+        assert float((mesh.vertex_attrs[:, :3] - colour_at[:, 0]).abs().mean()) < 0.02
+
+
+def test_rescaled_latent_leaves_the_decoded_occupancy_unchanged():
+    torch.manual_seed(0)
+    model = PRESETS["micro"]
+    encoder, decoder = SSEncoder(model.ss_encoder), build("ss_decoder", model.pipeline)
+    occupancy = torch.rand(2, 1, R, R, R) > 0.6
+    with torch.no_grad():
+        before = decoder(encoder(occupancy)[0])
+        std = encoder(occupancy)[0].transpose(0, 1).flatten(1).std(dim=1)
+        normalize_latent_(encoder, decoder, std)
+        mean = encoder(occupancy)[0]
+        after = decoder(mean)
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(mean.transpose(0, 1).flatten(1).std(dim=1), torch.ones(8), atol=1e-4, rtol=0)
+    assert tokens(mean).shape == (2, 4**3, 8)
+
+
+def test_training_times_follow_the_samplers_warp():
+    g = torch.Generator().manual_seed(0)
+    t = objectives.sample_t(20000, 3.0, g)
+    assert 0 <= float(t.min()) and float(t.max()) < 1
+    assert float((t <= 0.25).float().mean()) == pytest.approx(0.5, abs=0.02)  # warp(0.5) = 0.5 / 2 = 0.25
+    x0, x1 = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    tt = torch.rand(4, 1, generator=g)
+    xt = objectives.interpolate(x0, x1, tt)
+    torch.testing.assert_close(xt + (1 - tt) * objectives.velocity_target(x0, x1), x1)
+
+
+def test_condition_dropout_zeroes_whole_objects():
+    g = torch.Generator().manual_seed(0)
+    cond = torch.randn(400, 5, 3, generator=g) + 3
+    dropped = objectives.drop_condition(cond, 0.25, g)
+    zero_rows = (dropped == 0).all(dim=(1, 2))
+    kept_rows = (dropped == cond).all(dim=(1, 2))
+    assert bool((zero_rows | kept_rows).all())
+    assert float(zero_rows.float().mean()) == pytest.approx(0.25, abs=0.06)
+
+
+# ---- training --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_every_stage_overfits_a_fixed_batch(tmp_path, name):
+    run = Run(tmp_path, MICRO, "cpu", resume=False, log=lambda s: None)
+    stage = STAGE_CLASSES[name](run)
+    loop = Loop(run, stage, budget=1e9)
+    stream = _scene_batches(run.data, 2, 0, run.device, 0, stage.rendered)
+    inputs = None
+    while inputs is None:
+        inputs = stage.prepare(next(stream))
+    losses = []
+    for _ in range(20):
+        loop.generator.manual_seed(0)  # the same noise and times every step: a fixed objective
+        losses.append(float(loop.step(inputs)["loss"]))
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_a_run_resumes_from_its_checkpoint(tmp_path):
+    train(tmp_path, MICRO, "cpu", stages=("ss_vae",), max_steps=3, log=lambda s: None)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["stages"]["ss_vae"]["step"] == 3 and not state["stages"]["ss_vae"]["done"]
+    saved = torch.load(tmp_path / "checkpoints" / "ss_vae.pt", weights_only=False)
+    assert saved["position"] == 3 * 2  # three batches of two scenes
+
+    with pytest.raises(InputError):  # a second start in the same folder must say --resume
+        train(tmp_path, MICRO, "cpu", stages=("ss_vae",), max_steps=1, log=lambda s: None)
+
+    run = Run(tmp_path, MICRO, "cpu", resume=True, log=lambda s: None)
+    loop = Loop(run, STAGE_CLASSES["ss_vae"](run), budget=1e9)
+    assert loop.progress["step"] == 3 and loop.position == 6
+    for name, module in loop.stage.modules.items():
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, saved["modules"][name][key]), key
+    assert loop.optimizer.state_dict()["state"][0]["step"] == 3
+
+    train(tmp_path, MICRO, "cpu", resume=True, stages=("ss_vae",), max_steps=2, log=lambda s: None)
+    resumed = torch.load(tmp_path / "checkpoints" / "ss_vae.pt", weights_only=False)
+    assert resumed["progress"]["step"] == 5 and resumed["position"] == 10
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """A micro run trained through all four stages (a few steps each, see TRAIN_PRESETS) and exported."""
+    out = tmp_path_factory.mktemp("micro_run")
+    folder = train(out, MICRO, "cpu", log=lambda s: None)
+    assert folder is not None
+    return folder
+
+
+def test_export_writes_every_network_once_in_half_precision(exported):
+    from safetensors.torch import load_file
+
+    manifest = json.loads((exported / "demo.json").read_text())
+    assert set(manifest["files"]) == set(MODEL_NAMES)
+    assert config_from_dict(PipelineConfig, manifest["config"]).slat_std == tuple(
+        manifest["training"]["stages"]["slat_ae"]["results"]["slat_std"])
+    stored = load_file(str(exported / "ss_condition.safetensors"))
+    assert not any(k.startswith("module_list.1.") for k in stored)  # the tied DINO copy is not stored
+    assert stored["module_list.0.backbone.pos_embed"].dtype == torch.float16
+    assert stored["module_list.0.backbone.norm.weight"].dtype == torch.float32
+    assert load_file(str(exported / "ss_flow.safetensors"))["latent_mapping.6drotation_normalized.input_layer.weight"
+                                                            ].dtype == torch.float16  # fmt: skip
+
+
+def test_exported_weights_load_through_the_pipeline_and_reconstruct(exported):
+    config, provider, identity = open_demo(exported, check=True)
+    assert config.preprocess.size == config.ss_condition.dino.input_size
+    condition = provider("ss_condition")
+    assert torch.equal(condition["module_list.1.backbone.pos_embed"], condition["module_list.0.backbone.pos_embed"])
+    pipe = Pipeline.from_source(str(exported), device="cpu")  # a demo folder is recognised by its demo.json
+    assert pipe.weights_id == identity
+    # A picture the micro run trained on (it cycles over two scenes): a few steps teach it those shapes only.
+    data = SyntheticData(MICRO.seed, "train", DataConfig(height=MICRO.image_size, width=MICRO.image_size,
+                                                         resolution=R))  # fmt: skip
+    batch = data.batch([1])
+    masks = [m.numpy() for m in batch.masks[0] if int(m.sum()) >= MICRO.min_pixels][:2]
+    image = np.round(batch.views.image[0].numpy() * 255).astype(np.uint8)
+    result = pipe.reconstruct(image, masks, pointmap=batch.views.pointmap[0].numpy(), seed=0, postprocess=None)
+    assert len(result.objects) == len(masks) >= 1
+    for obj in result.objects:
+        assert obj.num_voxels > 0 and obj.mesh is not None and len(obj.mesh.faces) > 0
+        assert obj.gaussians is not None and np.isfinite(obj.object_to_camera).all()
+        assert float(obj.raw["coords"][:, 1:].max()) < R
+
+
+def test_demo_sizes_keep_the_stage_structure_and_fit_50_mb():
+    model = PRESETS["demo"]
+    pipeline = model.pipeline
+    assert pipeline.preprocess.size == pipeline.ss_condition.dino.img_size == pipeline.ss_condition.dino.input_size
+    assert pipeline.ss_flow.resolution == 16 and pipeline.ss_flow.shape_channels == 8 and model.resolution == 64
+    assert pipeline.mesh_decoder.trunk.resolution * 4 == pipeline.mesh_resolution == 256
+    stored = 0
+    for name in MODEL_NAMES:
+        with torch.device("meta"):
+            module = build(name, pipeline)
+        stored += sum(v.numel() for k, v in module.state_dict().items() if not k.startswith("module_list.1."))
+    assert stored * 2 <= 50 * 2**20
+    for preset in PRESETS.values():
+        assert config_from_dict(PipelineConfig, json.loads(json.dumps(config_to_dict(preset.pipeline)))) == preset.pipeline
