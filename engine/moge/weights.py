@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..errors import WeightsError
-from ..weights.keys import check_state_dict as check_keys
+from ..weights.keys import check_state_dict
 from ..weights.keys import expected_shapes
 from ..weights.cache import cached_weights
 from ..weights.checkpoint import read_torch_pickle
@@ -44,7 +44,7 @@ def load_moge(path: str | Path, *, device: torch.device | str = "cpu", dtype: to
     cfg = config_from_checkpoint(model_config, path)
     with torch.device("meta"):
         model = MoGeModel(cfg)
-    check_state_dict(model, state_dict, path)
+    check_state_dict(state_dict, expected_shapes(model), file=path, model="MoGe", floats_only=True)
     if cache:
         identity = {**file_identity(path), "model": "moge"}
         keep = None if dtype == torch.float32 else dtype
@@ -106,12 +106,3 @@ def config_from_checkpoint(model_config: dict, path: str | Path = "model.pt") ->
         return MoGeConfig(**kwargs)
     except (TypeError, ValueError) as e:
         raise WeightsError(f"MoGe checkpoint {path}: unusable model_config ({e})") from None
-
-
-def check_state_dict(model: MoGeModel, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Strict match of names and shapes (one WeightsError line naming the file), and float tensors only."""
-    check_keys(state_dict, expected_shapes(model), file=path, model="MoGe")
-    not_float = [k for k, v in state_dict.items() if not v.is_floating_point()]
-    if not_float:
-        raise WeightsError(f"MoGe checkpoint {path}: non-float tensors {', '.join(not_float[:3])}",
-                           "re-download the official file")

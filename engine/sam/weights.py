@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import WeightsError
-from ..weights.keys import check_state_dict as check_keys
+from ..weights.keys import check_state_dict
 from ..weights.keys import expected_shapes
 from ..random_weights import randomize_
 from ..weights.checkpoint import read_checkpoint
@@ -60,7 +60,7 @@ def load_sam(
                            "choose sam_vit_b/l/h .pth from the segment-anything release")
     with torch.device("meta"):
         model = Sam(PRESETS[variant])
-    check_state_dict(model, state_dict, path)
+    check_state_dict(state_dict, expected_shapes(model), file=path, model="SAM", floats_only=True)
     model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=True, assign=True)
     return model.to(device).eval()
 
@@ -124,12 +124,3 @@ def infer_variant(state_dict: dict[str, torch.Tensor], path: str | Path) -> str 
     width = tuple(state_dict[WIDTH_KEY].shape)[0]
     by_width = {PRESETS[name].encoder_embed_dim: name for name in PUBLIC_FILES}
     return by_width.get(width)
-
-
-def check_state_dict(model: Sam, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Strict match of names and shapes (one WeightsError line naming the file), and float tensors only."""
-    check_keys(state_dict, expected_shapes(model), file=path, model="SAM")
-    not_float = [k for k, v in state_dict.items() if not v.is_floating_point()]
-    if not_float:
-        raise WeightsError(f"SAM checkpoint {path}: non-float tensors {', '.join(not_float[:3])}",
-                           "re-download the official file")

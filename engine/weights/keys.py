@@ -26,9 +26,10 @@ def check_state_dict(
     *,
     file: str | Path,
     model: str,
+    floats_only: bool = False,
 ) -> None:
     """Raise `WeightsError` unless `tensors` has exactly the `expected` keys (and shapes, where given as a mapping
-    of name -> shape; a `None` shape is not checked)."""
+    of name -> shape; a `None` shape is not checked); with `floats_only`, every tensor must be floating point."""
     shapes = dict(expected) if isinstance(expected, Mapping) else dict.fromkeys(expected)
     missing = [k for k in shapes if k not in tensors]
     unexpected = [k for k in tensors if k not in shapes]
@@ -51,6 +52,10 @@ def check_state_dict(
             f"{file}: {model} weight {key} has shape {got} in the file but the model expects {want}{more}",
             "the file and the model configuration are from different releases; check the folder and its YAMLs",
         )
+    not_float = [k for k, v in tensors.items() if floats_only and not v.is_floating_point()]
+    if not_float:
+        raise WeightsError(f"{file}: {model} has non-float tensors ({_first(not_float)})",
+                           "the file is damaged or not an official checkpoint; re-download it")
 
 
 def _first(keys: list[str]) -> str:

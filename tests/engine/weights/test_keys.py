@@ -58,3 +58,10 @@ def test_expected_shapes_of_a_meta_module():
     with torch.device("meta"):
         module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
     assert expected_shapes(module) == {"0.weight": (4, 3), "0.bias": (4,), "1.weight": (4,), "1.bias": (4,)}
+
+
+def test_integer_tensors_are_refused_where_only_floats_belong():
+    tensors = {"w": torch.randn(2, 3, generator=torch.Generator().manual_seed(0)), "step": torch.tensor([3])}
+    check_state_dict(tensors, {"w": (2, 3), "step": (1,)}, file="model.pt", model="MoGe")  # allowed by default
+    with pytest.raises(WeightsError, match=r"model.pt: MoGe has non-float tensors \(step\)"):
+        check_state_dict(tensors, {"w": (2, 3), "step": (1,)}, file="model.pt", model="MoGe", floats_only=True)
