@@ -178,7 +178,9 @@ class SparseResBlock(nn.Module):
             x = upsample(x, 2)
         batch = x.batch_index  # (N,)
         h = self.conv1(x.replace(F.silu(self.norm1(x.feats))))
-        h = h.replace(F.silu(self.norm2(h.feats) * (1 + scale[batch]) + shift[batch]))
+        # index_select, not scale[batch]: its backward is an atomic index_add (advanced indexing's sorts; ~3x slower)
+        scale, shift = scale.index_select(0, batch), shift.index_select(0, batch)  # (N, Co) each
+        h = h.replace(F.silu(self.norm2(h.feats) * (1 + scale) + shift))
         h = self.conv2(h)
         return h.replace(h.feats + self.skip_connection(x.feats))
 
@@ -206,7 +208,7 @@ class ModulatedSparseCrossBlock(nn.Module):
         if dense:
             h, mods = x.feats.view(dense, n // dense, c), mods[:, None]  # (B, L, C), (B, 1, 6C)
         else:
-            h, mods = x.feats[None], mods[x.batch_index][None]  # (1, N, C), (1, N, 6C)
+            h, mods = x.feats[None], mods.index_select(0, x.batch_index)[None]  # (1, N, C), (1, N, 6C)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.chunk(6, dim=-1)
 
         # 1. Self-attention over all voxels of the item, gated

@@ -32,10 +32,10 @@ class SparseGroupNorm(nn.GroupNorm):
             counts = torch.bincount(batch, minlength=x.batch_size).float() * (c // g)  # (B,) elements per stat
             sums = torch.zeros(x.batch_size, g, device=feats.device).index_add_(0, batch, grouped.sum(2))
             mean = sums / counts[:, None]  # (B, G)
-            centred = grouped - mean[batch][:, :, None]
+            centred = grouped - mean.index_select(0, batch)[:, :, None]
             sq = torch.zeros(x.batch_size, g, device=feats.device).index_add_(0, batch, centred.square().sum(2))
             var = sq / counts[:, None]  # (B, G)
-            normed = centred * torch.rsqrt(var + self.eps)[batch][:, :, None]
+            normed = centred * torch.rsqrt(var + self.eps).index_select(0, batch)[:, :, None]
         out = normed.reshape(n, c)
         if self.affine:
             out = out * self.weight.float() + self.bias.float()
