@@ -182,6 +182,34 @@ def test_every_stage_overfits_a_fixed_batch(tmp_path, name):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+def test_stage2_starts_from_stage1s_image_branch_with_a_silent_cross_attention(tmp_path):
+    train(tmp_path, replace(MICRO, stage1=replace(MICRO.stage1, steps=3)), "cpu", stages=("stage1",),
+          log=lambda s: None)  # fmt: skip
+    run = Run(tmp_path, MICRO, "cpu", resume=True, log=lambda s: None)
+    first = run.final_weights("stage1")["ss_condition"]
+    stage = STAGE_CLASSES["stage2"](run)
+    second = stage.modules["slat_condition"].state_dict()
+    shared = [k for k in second if k == "idx_emb" or k.startswith(("module_list.", "projection_nets."))]
+    assert len(shared) == len(second)  # the stage-2 embedder is exactly stage 1's image and mask branch
+    for key in shared:
+        torch.testing.assert_close(second[key], first[key], rtol=0, atol=0, msg=key)
+    # A silent cross-attention: the flow's first output does not depend on the condition...
+    flow = stage.modules["slat_flow"]
+    g = torch.Generator().manual_seed(3)
+    coords = torch.cat([torch.zeros(40, 1), torch.randint(0, 16, (40, 3), generator=g)], 1).int().unique(dim=0)
+    x = SparseTensor(coords, torch.randn(coords.shape[0], flow.cfg.in_channels, generator=g))
+    t = torch.rand(1, generator=g) * 1000
+    cond = torch.randn(1, 7, flow.cfg.cond_channels, generator=g)
+    torch.nn.init.normal_(flow.out_layer.weight, generator=g)  # (zero-initialised layers would hide everything)
+    for block in flow.blocks:
+        torch.nn.init.normal_(block.adaLN_modulation[1].weight, generator=g)
+    with torch.no_grad():
+        assert torch.equal(flow(x, t, cond=cond).feats, flow(x, t, cond=2 * cond).feats)
+        for block in flow.blocks:  # ...while its output layer is zero; any non-zero one makes it listen
+            torch.nn.init.normal_(block.cross_attn.to_out.weight, generator=g)
+        assert not torch.allclose(flow(x, t, cond=cond).feats, flow(x, t, cond=2 * cond).feats)
+
+
 def test_a_run_resumes_from_its_checkpoint(tmp_path):
     train(tmp_path, MICRO, "cpu", stages=("ss_vae",), max_steps=3, log=lambda s: None)
     state = json.loads((tmp_path / "state.json").read_text())
