@@ -9,6 +9,7 @@ lines into a queue and its stderr into the engine log. That keeps the client usa
     client = EngineClient(EngineConfig(python="/path/to/engine-env/bin/python", root="/path/to/extension"))
     request = client.reconstruct(job_dir)          # queued; the worker starts if needed
     request.wait(timeout=None)                     # blocks, pumping; returns the result payload
+    client.segment(picture, mask_png, [[x, y]], [1], sam=spec).wait()   # {out, score, area, bbox, size, cached}
     # or, from a timer: request.poll() -> new messages; request.progress; request.finished; request.cancel()
 
 Failures come back as `RemoteError` (an engine error with the protocol's `kind`, a one-line `message`, a `hint`
@@ -27,6 +28,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,8 +216,9 @@ class EngineClient:
         return self._proc.pid if self._proc is not None else None
 
     def submit(self, kind: str, **payload) -> Request:
-        """Queue a request (`reconstruct`, `status`, `release`) and return it; starts the worker if needed."""
-        if kind not in ("reconstruct", "status", "release"):
+        """Queue a request (`reconstruct`, `segment`, `status`, `release`) and return it; starts the worker if
+        needed."""
+        if kind not in ("reconstruct", "segment", "status", "release"):
             raise ValueError(f"cannot submit {kind!r}")
         request = Request(self, f"r{next(self._ids)}", kind, payload)
         self._queue.append(request)
@@ -225,8 +228,38 @@ class EngineClient:
     def reconstruct(self, job_dir: str | os.PathLike) -> Request:
         return self.submit("reconstruct", job=str(job_dir))
 
+    def segment(
+        self,
+        image: str | os.PathLike,
+        out: str | os.PathLike,
+        points: Sequence[Sequence[float]],
+        labels: Sequence[int],
+        box: Sequence[float] | None = None,
+        multimask: bool = False,
+        sam: str | os.PathLike | None = None,
+        sam_size: str | None = None,
+    ) -> Request:
+        """Queue a SAM segmentation of the picture file `image`; the worker writes the mask PNG `out` (8-bit grey,
+        the picture's size, 255 = object) and the result is {out, score, area, bbox, size, cached}.
+
+        `points` [[x, y], ...] and `box` [x0, y0, x1, y1] are pixels of the picture, origin at its top-left
+        corner, x right, y down; `labels` has one entry per point, 1 adds and 0 removes. `multimask` keeps the
+        best of SAM's three ambiguity-aware masks. `sam` is the model: a `.pth` file of the segment-anything
+        release, `hf:OWNER/NAME[@REVISION]/FILE.pth` (downloaded once, with `download` progress) or
+        `random:tiny` (random weights, for tests); `sam_size` ("vit_b", "vit_l", "vit_h", "tiny") checks the
+        file's size, which is otherwise read from the weights. The worker keeps the model and the picture's
+        embedding for the next click (`release` frees them). Bad prompts, an unreadable picture, missing weights
+        and an empty mask come back as a RemoteError with a hint, and no file is written.
+        """
+        return self.submit(
+            "segment", image=os.fspath(image), out=os.fspath(out),
+            points=[[float(v) for v in point] for point in points], labels=[int(v) for v in labels],
+            box=None if box is None else [float(v) for v in box], multimask=bool(multimask),
+            sam=None if sam is None else os.fspath(sam), sam_size=sam_size,
+        )
+
     def release(self) -> Request | None:
-        """Free the GPU: ask the worker to unload the pipeline. None when no worker runs (nothing to free)."""
+        """Free the GPU: ask the worker to unload the pipeline and SAM. None when no worker runs (nothing to free)."""
         if not self.alive:
             return None
         return self.submit("release")

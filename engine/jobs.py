@@ -299,21 +299,24 @@ def _summary(path: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# PNG (8-bit RGB/RGBA, no dependencies: the engine and Blender both read it)
+# PNG (8-bit grey/RGB/RGBA, no dependencies: the engine and Blender both read it)
 
 
 def write_png(path: str | os.PathLike, pixels: np.ndarray) -> None:
-    """Write (H, W, 3|4) uint8 pixels, row 0 = top, as a PNG."""
+    """Write (H, W) grey or (H, W, 3|4) RGB(A) uint8 pixels, row 0 = top, as a PNG."""
     pixels = np.ascontiguousarray(pixels)
-    if pixels.ndim != 3 or pixels.shape[2] not in (3, 4) or pixels.dtype != np.uint8:
-        raise ValueError(f"write_png needs (H, W, 3|4) uint8, got {pixels.shape} {pixels.dtype}")
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]  # (H, W, 1)
+    if pixels.ndim != 3 or pixels.shape[2] not in (1, 3, 4) or pixels.dtype != np.uint8:
+        raise ValueError(f"write_png needs (H, W) or (H, W, 3|4) uint8, got {pixels.shape} {pixels.dtype}")
     height, width, channels = pixels.shape
     rows = np.concatenate([np.zeros((height, 1), np.uint8), pixels.reshape(height, width * channels)], axis=1)
 
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 2 if channels == 3 else 6, 0, 0, 0)
+    colour_type = {1: 0, 3: 2, 4: 6}[channels]  # PNG colour types: grey, RGB, RGBA
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
     with open(path, "wb") as f:
         f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
                 + chunk(b"IEND", b""))

@@ -8,7 +8,9 @@ request runs. SIGINT cancels the running request (a second one, or one while idl
 The pipeline is loaded lazily on the first `reconstruct`, kept for the next one when the job says `keep_loaded`,
 and reloaded when the weights, preset, device or precision change. It comes from `open_pipeline` (which wraps
 `engine.pipeline.Pipeline.from_source`); tests may substitute a factory with its signature by naming it in
-THREEDFY_PIPELINE_FACTORY="module:function" (the only hook; unset in normal use).
+THREEDFY_PIPELINE_FACTORY="module:function" (the only hook; unset in normal use). SAM is loaded on the first
+`segment` and kept, with the embeddings of the last pictures, by a `SegmentSession` (segment.py); `release` (and
+an out-of-memory error) frees the pipeline and SAM together.
 
     python -m engine.worker [--device auto] [--dtype auto] [--text]
 
@@ -68,6 +70,7 @@ class Worker:
         self._requests: queue.Queue = queue.Queue()
         self._pipeline = None
         self._pipeline_key: tuple | None = None
+        self._segmenter = None  # segment.SegmentSession, made on the first `segment`
         self._current: tuple[str, threading.Event] | None = None
         self._cancelled_ids: set[str] = set()
         self._latest_progress: dict | None = None
@@ -86,12 +89,13 @@ class Worker:
         elif message.kind == "status":
             self.channel.send("result", id=rid, **self.handshake())
             self.channel.send("done", id=rid)
-        elif message.kind in ("reconstruct", "release", "shutdown"):
+        elif message.kind in ("reconstruct", "segment", "release", "shutdown"):
             self._requests.put(message)
             return message.kind != "shutdown"
         else:
             self.channel.send("error", id=rid, kind="bad_input", message=f"A worker does not take {message.kind!r}.",
-                              hint="Send one of: reconstruct, status, release, shutdown, cancel.", traceback="")
+                              hint="Send one of: reconstruct, segment, status, release, shutdown, cancel.",
+                              traceback="")
             self.channel.send("done", id=rid)
         return True
 
@@ -129,6 +133,8 @@ class Worker:
                     raise Cancelled("Cancelled before it started.")
                 if message.kind == "reconstruct":
                     payload = self._reconstruct(rid, message.payload, cancel)
+                elif message.kind == "segment":
+                    payload = self._segment(rid, message.payload, cancel)
                 else:
                     self._unload()
                     payload = {"vram_free": _device_memory(self.device)[0]}
@@ -173,6 +179,14 @@ class Worker:
         return {"job": str(job.folder), "objects": len(result.objects), "weights": weights,
                 "seconds": round(time.perf_counter() - started, 3)}
 
+    def _segment(self, rid: str, payload: dict, cancel: threading.Event) -> dict:
+        from .segment import SegmentRequest, SegmentSession  # torch: imported only once the environment check passed
+
+        request = SegmentRequest.from_payload(payload)
+        if self._segmenter is None:
+            self._segmenter = SegmentSession(_resolve_device(self.device), self.dtype)
+        return self._segmenter.segment(request, self._progress_reporter(rid), cancel)
+
     def _load(self, settings, progress):
         key = (settings.weights, settings.preset, self.device, self.dtype, settings.keep_loaded)
         if self._pipeline is None or self._pipeline_key != key:
@@ -186,6 +200,8 @@ class Worker:
     def _unload(self) -> None:
         self._pipeline = None
         self._pipeline_key = None
+        if self._segmenter is not None:
+            self._segmenter.release()
         gc.collect()
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():

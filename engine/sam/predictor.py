@@ -139,7 +139,7 @@ class SamPredictor:
             masks = (full > self.model.cfg.mask_threshold).cpu().numpy()
         if not allow_empty and not masks.any():
             raise InputError("SAM found no object at these prompts: the mask is empty",
-                             "click inside the object (or draw a box around it) and try again")
+                             "add a positive click (label 1) on the object, or draw a box around it")
         return SamPrediction(masks=masks, scores=iou[0, list(tokens)].float().cpu().numpy(),
                              low_res_logits=chosen[0].float().cpu().numpy(), mask_tokens=tokens)
 
@@ -199,7 +199,8 @@ def validate_prompts(points, labels, box, size: tuple[int, int]):
         if points.ndim == 1 and points.shape == (2,):
             points = points[None]
         if points.ndim != 2 or points.shape[1] != 2:
-            raise InputError(f"points have shape {points.shape}; expected (N, 2) pixel coordinates x, y")
+            raise InputError(f"points have shape {points.shape}; expected (N, 2) pixel coordinates x, y",
+                             "send each click as [x, y] in pixels of the picture")
         if len(points) == 0:
             points = None
     if points is not None:
@@ -211,18 +212,20 @@ def validate_prompts(points, labels, box, size: tuple[int, int]):
                              "give one label per point: 1 adds, 0 removes")
         bad = [int(i) for i in np.flatnonzero((labels != 0) & (labels != 1))]
         if bad:
-            raise InputError(f"point {bad[0]} has label {labels[bad[0]]!r}; labels must be 1 (add) or 0 (remove)")
+            raise InputError(f"point {bad[0]} has label {labels[bad[0]]!r}; labels must be 1 (add) or 0 (remove)",
+                             "label each click 1 to add what it is on, 0 to remove it")
         labels = labels.astype(np.int64)
         for i, (x, y) in enumerate(points):
             if not (np.isfinite(x) and np.isfinite(y)):
-                raise InputError(f"point {i} is ({x}, {y}): not a finite pixel position")
+                raise InputError(f"point {i} is ({x}, {y}): not a finite pixel position", "click inside the picture")
             if not (0 <= x <= width and 0 <= y <= height):
                 raise InputError(f"point {i} at ({x:g}, {y:g}) lies outside the {width}x{height} image ({bounds})",
                                  "click inside the picture")
     if box is not None:
         box = np.asarray(box, dtype=np.float64).reshape(-1)
         if box.shape != (4,) or not np.isfinite(box).all():
-            raise InputError(f"box is {box.tolist()}; expected four finite numbers x1, y1, x2, y2 in pixels")
+            raise InputError(f"box is {box.tolist()}; expected four finite numbers x1, y1, x2, y2 in pixels",
+                             "draw the box inside the picture")
         x1, x2 = sorted(box[[0, 2]])
         y1, y2 = sorted(box[[1, 3]])
         if not (0 <= x1 and x2 <= width and 0 <= y1 and y2 <= height):

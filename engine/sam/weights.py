@@ -10,7 +10,10 @@ Where the file comes from (`spec`):
 * a path to the `.pth` file, or to a folder holding exactly one `sam_vit_*.pth` (or one of the asked-for size);
 * `hf:OWNER/NAME[@REVISION]/PATH/IN/REPO.pth`: one file of a Hugging Face repository, fetched with progress and
   resume through `engine.weights.hub.download_file` (offline, the copy fetched before is used). Meta publishes the
-  files on its own CDN, not on the Hub, so there is no built-in default repository.
+  files on its own CDN, not on the Hub, so there is no built-in default repository;
+* `random:PRESET` (`tiny`, `vit_b`, `vit_l`, `vit_h`): `random_sam(PRESET, seed=RANDOM_SEED)`, for tests and smoke
+  runs (only `load_sam` takes it: there is no file).
+Any other `scheme:` is refused by name, rather than looked for as a file.
 """
 from __future__ import annotations
 
@@ -30,6 +33,11 @@ from .model import PRESETS, Sam
 PUBLIC_FILES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_h": "sam_vit_h_4b8939.pth"}
 WIDTH_KEY = "image_encoder.patch_embed.proj.weight"  # (C, 3, 16, 16): C names the size
 _HUB_SPEC = re.compile(r"hf:(?P<repo>[^/@\s]+/[^/@\s]+)(?:@(?P<revision>[^/\s]+))?/(?P<path>\S+)")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]+:")  # two letters at least: `C:\...` stays a Windows path
+_RANDOM_PREFIX = "random:"
+RANDOM_SEED = 0  # `random:PRESET` weights; fixed, so a worker's random SAM equals random_sam(PRESET) in a test
+_SPEC_HINT = ("choose a sam_vit_b/l/h .pth file of the segment-anything release, hf:OWNER/NAME[@REVISION]/FILE.pth, "
+             "or random:tiny (random weights, for tests)")
 
 
 def load_sam(
@@ -47,8 +55,19 @@ def load_sam(
     when given, else read from them."""
     if variant is not None and variant not in PRESETS:
         raise WeightsError(f"unknown SAM size {variant!r}", f"choose one of {', '.join(sorted(PRESETS))}")
+    if isinstance(spec, str) and spec.startswith(_RANDOM_PREFIX):
+        preset = spec[len(_RANDOM_PREFIX):]
+        if preset not in PRESETS:
+            raise WeightsError(f"unknown SAM model spec {spec!r}: no SAM size {preset!r}",
+                               f"write random:PRESET with PRESET one of {', '.join(sorted(PRESETS))}")
+        if variant is not None and PRESETS[variant] != PRESETS[preset]:
+            raise WeightsError(f"SAM model spec {spec!r} is a {preset} model, not {variant}",
+                               f"ask for random:{variant} or for {preset}")
+        return random_sam(preset, seed=RANDOM_SEED, device=device, dtype=dtype)
     path = resolve_sam_file(spec, variant=variant, progress=progress, offline=offline, download_dir=download_dir)
-    state_dict = read_checkpoint(path).state_dict
+    # Read into memory, not mapped: the worker keeps SAM loaded between clicks, and a mapped file that is replaced
+    # in place meanwhile (a new download copied over it) would take the process down with SIGBUS.
+    state_dict = read_checkpoint(path, mmap=False).state_dict
     found = infer_variant(state_dict, path)
     if variant is not None and found is not None and found != variant:
         raise WeightsError(f"SAM checkpoint {path} holds a {found} model, not {variant}",
@@ -86,6 +105,10 @@ def resolve_sam_file(
     download_dir: str | Path | None = None,
 ) -> Path:
     """The local checkpoint file `spec` names: a file, a folder's one `sam_vit_*.pth`, or a fetched hub file."""
+    if isinstance(spec, str) and not spec.strip():
+        raise WeightsError("no SAM weights were given", _SPEC_HINT)
+    if isinstance(spec, str) and _SCHEME.match(spec) and not spec.startswith("hf:"):
+        raise WeightsError(f"unknown SAM model spec {spec!r}", _SPEC_HINT)
     if isinstance(spec, str) and spec.startswith("hf:"):
         repo, revision, filename = parse_hub_spec(spec)
         return download_file(repo, filename, revision=revision, offline=offline, progress=progress,

@@ -19,6 +19,7 @@ import pytest
 from engine import jobs
 from engine.client import EngineClient, EngineConfig, RemoteError
 from engine.errors import Cancelled
+from engine.protocol import PROTOCOL_VERSION
 from tests.paths import REPO
 
 FAKE_ENV = (("THREEDFY_PIPELINE_FACTORY", "tests.engine.fake_pipeline:create"), ("PYTHONPATH", str(REPO)))
@@ -74,7 +75,7 @@ def test_a_request_starts_the_worker_streams_progress_and_returns_the_result(cli
     while not request.finished:
         client.pump(0.05)
         messages += request.poll()
-    assert client.info["protocol"] == 1 and client.info["pid"] == client.pid
+    assert client.info["protocol"] == PROTOCOL_VERSION and client.info["pid"] == client.pid
     kinds = [m.kind for m in messages]
     assert kinds[-1] == "result" and "progress" in kinds  # `done` settles the request; it is not handed out
     result = request.outcome()
@@ -166,9 +167,9 @@ def test_release_asks_the_worker_to_free_memory_and_needs_no_worker_when_none_ru
 
 
 def test_a_cancel_the_engine_ignores_escalates_to_sigint_then_kill(tmp_path):
-    root = _scripted_root(tmp_path, """\
+    root = _scripted_root(tmp_path, f"""\
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        send("ready", protocol=1, pid=0)
+        send("ready", protocol={PROTOCOL_VERSION}, pid=0)
         for line in sys.stdin:
             kind, payload = json.loads(line)
             if kind == "reconstruct":
@@ -187,8 +188,8 @@ def test_a_cancel_the_engine_ignores_escalates_to_sigint_then_kill(tmp_path):
 
 
 def test_a_worker_that_goes_silent_is_stopped_after_the_stall_timeout(tmp_path):
-    root = _scripted_root(tmp_path, """\
-        send("ready", protocol=1, pid=0)
+    root = _scripted_root(tmp_path, f"""\
+        send("ready", protocol={PROTOCOL_VERSION}, pid=0)
         for line in sys.stdin:
             time.sleep(60)
         """)

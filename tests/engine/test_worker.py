@@ -179,7 +179,7 @@ def test_text_mode_takes_typed_commands_and_quit_exits_after_the_queued_work(tmp
     out = subprocess.run([sys.executable, "-m", "engine.worker", "--text"], cwd=REPO, env=env, text=True,
                          input=f"status\nreconstruct {job}\nnonsense\nquit\n", capture_output=True, timeout=120)
     lines = out.stdout.splitlines()
-    assert lines[0].startswith("ready ") and "protocol=1" in lines[0]
+    assert lines[0].startswith("ready ") and f"protocol={PROTOCOL_VERSION}" in lines[0]
     assert any(line.split()[:3] == ["progress", "t2", "geometry"] for line in lines)
     assert any(line.startswith("result     t2") and "objects=1" in line for line in lines)
     assert lines[-1].split() == ["done", "t4"]  # quit (t3 was the nonsense line) waits for t2 to finish
