@@ -6,6 +6,9 @@ edges, with no Python loop over any of them):
 1. `drop_nonfinite` — faces touching a NaN/inf vertex go.
 2. `weld_vertices` — vertices closer than a tolerance become one; faces with a repeated vertex go.
 3. `part_stats` + `drop_floaters` — vertex-connected parts whose area is small against the largest part go.
+   Then `drop_inner_walls`: closed parts buried inside another part and wound inward go (`enclosed.py`): the
+   second, inward surface that interior pruning leaves inside every decoder mesh. This runs on the decoder's own
+   winding, which FlexiCubes sets face by face from the sdf, before step 4 may re-root it.
 4. Only for parts that are not closed and consistently wound (`edge_defects`; a decoder mesh usually has none):
    `drop_degenerate_faces` (duplicate vertex triples), `orient_faces` (consistent winding across every
    manifold edge) and `fill_small_holes` (a boundary loop with few edges and a short perimeter gets a fan of
@@ -27,6 +30,7 @@ from scipy.sparse.csgraph import breadth_first_order, connected_components
 
 from ..assets import Mesh
 from ..errors import InputError
+from .enclosed import find_inner_walls
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class CleanupOptions:
     min_part_ratio: float = 0.01  # a part with less area than this fraction of the largest part is a floater
     max_hole_edges: int = 100  # holes with more boundary edges than this stay open
     max_hole_perimeter: float = 0.1  # ... and so do holes longer than this fraction of the bounding-box diagonal
+    drop_inner_walls: bool = True  # drop closed inward-wound parts buried in another part (the pruning's inner wall)
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class CleanupReport:
     welded_vertices: int
     dropped_faces: int  # touching a non-finite vertex, with a repeated vertex, or duplicates
     dropped_parts: int  # floaters
+    dropped_walls: int  # inner walls: inward-wound parts buried in another part
     flipped_faces: int
     filled_holes: int
 
@@ -104,9 +110,12 @@ def clean_mesh(mesh: Mesh, options: CleanupOptions = CleanupOptions()) -> tuple[
     d = directed_edge_matrix(v.shape[0], f)
     stats = part_stats(v, f, d)
     f, keep_part = drop_floaters(f, stats, options.min_part_ratio)
+    dropped_parts = stats.count - int(keep_part.sum())
+    dropped_walls = 0
+    if options.drop_inner_walls:
+        f, dropped_walls = drop_inner_walls(v, f, stats)
     present = np.zeros(stats.count, bool)
     present[stats.labels[f[:, 0]]] = True
-    dropped_parts = stats.count - int(keep_part.sum())
 
     # 4. repairs, only where a kept part has an edge defect
     flipped, filled = 0, 0
@@ -123,7 +132,8 @@ def clean_mesh(mesh: Mesh, options: CleanupOptions = CleanupOptions()) -> tuple[
     f, turned = turn_parts_outward(f, stats)
     v, f, c = drop_unused_vertices(v, f, c)
     out = Mesh(vertices=v.astype(np.float32), faces=f.astype(np.int32), vertex_colors=c)
-    return out, CleanupReport(welded, n_faces_in - n_clean_faces, dropped_parts, flipped + turned, filled)
+    report = CleanupReport(welded, n_faces_in - n_clean_faces, dropped_parts, dropped_walls, flipped + turned, filled)
+    return out, report
 
 
 # ----------------------------------------------------------------------------------------------------- passes
@@ -164,6 +174,18 @@ def drop_floaters(faces: np.ndarray, stats: PartStats, min_part_ratio: float) ->
     if keep_part.all():
         return faces, keep_part
     return faces[keep_part[stats.labels[faces[:, 0]]]], keep_part
+
+
+def drop_inner_walls(vertices: np.ndarray, faces: np.ndarray, stats: PartStats) -> tuple[np.ndarray, int]:
+    """Drop the faces of parts that `enclosed.find_inner_walls` calls inner walls. -> (faces, parts dropped)
+
+    `stats` may describe more faces than `faces` holds (parts already dropped simply have none left).
+    """
+    face_part = stats.labels[faces[:, 0]]
+    wall = find_inner_walls(vertices, faces, face_part, stats.volume, stats.area)
+    if not wall.any():
+        return faces, 0
+    return faces[~wall[face_part]], int(wall.sum())
 
 
 def edge_defects(d: csr_matrix) -> np.ndarray:
