@@ -46,8 +46,16 @@ def run_outcome(operator, context, run: runner.ReconstructionRun) -> set[str]:
                        "The details are in the system console; please report them")
         return {"CANCELLED"}
     count = len(objects)
-    report_outcome(operator, context, "INFO",
-                   f"Added {count} object{'s' if count != 1 else ''} to '{collection.name}'")
+    state.pointmap_source = str(run.seen_camera.get("pointmap_source", ""))
+    message = f"Added {count} object{'s' if count != 1 else ''} to '{collection.name}'"
+    settings = context.scene.threedfy
+    if settings.pointmap_source == "ESTIMATE" and settings.create_camera:
+        from ..scene.reference import create_matching_camera
+
+        camera = create_matching_camera(context.scene, settings, run.seen_camera, run.camera_matrix)
+        if camera is not None:
+            message += f", seen through camera '{camera.name}' (made to match the picture)"
+    report_outcome(operator, context, "INFO", message)
     return {"FINISHED"}
 
 
@@ -68,9 +76,10 @@ class THREEDFY_OT_reconstruct_selection(bpy.types.Operator):
             return False
         settings = context.scene.threedfy
         if settings.image is None:
-            cls.poll_message_set("Choose the reference picture in the 3Dfy sidebar")
+            cls.poll_message_set("The reference has no picture: capture from the camera, or choose a picture in "
+                                 "the 3Dfy sidebar")
             return False
-        if not any(mask.select and mask.image is not None for mask in settings.masks):
+        if not any(mask.select for mask in settings.masks):
             cls.poll_message_set("Add a mask to the reference and tick its box")
             return False
         return True
@@ -124,7 +133,7 @@ class THREEDFY_OT_reconstruct_selection(bpy.types.Operator):
         """Gather the inputs and start a run; on a problem report it and return None."""
         settings = context.scene.threedfy
         state = context.window_manager.threedfy_run
-        state.message = state.hint = state.level = ""
+        state.message = state.hint = state.level = state.pointmap_source = ""
         try:
             inputs = _selection_inputs(context)
             quality = settings.quality if settings.quality != "PREFERENCES" else session.preferences().default_quality
@@ -136,6 +145,7 @@ class THREEDFY_OT_reconstruct_selection(bpy.types.Operator):
         except EngineError as exc:
             report_outcome(self, context, "ERROR", exc.message.rstrip("."), exc.hint)
             return None
+        _show_blender_masks(settings, inputs)
         if settings.randomize_seed:
             settings.seed = seed  # shown in the sidebar, so "run again" reproduces this result
         state.running, state.stage, state.fraction = True, run.progress[0], 0.0
@@ -162,19 +172,48 @@ class THREEDFY_OT_cancel(bpy.types.Operator):
 
 
 def _selection_inputs(context) -> runner.RunInputs:
-    from ..engine.errors import InputError
+    """The run's inputs from the scene's reference and its selected masks; InputError saying what to fix."""
+    from ..scene import placement, reference
 
     settings = context.scene.threedfy
-    if settings.image is None:
-        raise InputError("No reference picture", "Choose it in the 3Dfy sidebar")
+    found = reference.read_reference(context.scene, settings)
+    height, width = found.picture.shape[:2]
+    selected = [m for m in settings.masks if m.select]
+    masks = [_mask_array(item, width, height, context) for item in selected]
+    names = [m.name or (Path(m.image.name).stem if m.image else "") for m in selected]
+    camera, camera_matrix = found.camera, found.camera_matrix
+    if settings.pointmap_source == "ESTIMATE" and settings.create_camera:
+        # A camera matching the engine's estimate is made after the run, where this viewpoint is; no warning
+        # about the present camera's intrinsics, then.
+        camera, camera_matrix = None, placement.camera_to_world(camera)
+    return runner.RunInputs(found.picture, masks, names, found.source, camera=camera, pointmap=found.pointmap,
+                            intrinsics=found.intrinsics, camera_matrix=camera_matrix)
+
+
+def _mask_array(item, width: int, height: int, context):
+    """(H, W) float32 mask of one list entry: its image, or its Blender Mask filled at the picture's size."""
+    from ..engine.errors import InputError
+    from ..scene import blender_mask
+
+    label = item.name or "(unnamed)"
+    if item.source == "BLENDER_MASK":
+        if item.blender_mask is None:
+            raise InputError(f"The Blender Mask of mask '{label}' was deleted", "Remove the mask, or untick it")
+        return blender_mask.rasterize_mask(item.blender_mask, width, height, context.evaluated_depsgraph_get())
+    if item.image is None:
+        raise InputError(f"Mask '{label}' has no image (was it deleted?)", "Remove the mask, or untick it")
     try:
-        picture, source = images.read_picture(settings.image)
-        selected = [m for m in settings.masks if m.select and m.image is not None]
-        masks = [images.mask_array(m.image) for m in selected]
+        return images.mask_array(item.image)
     except ValueError as exc:
-        raise InputError(str(exc), "Reload the image or pick another") from None
-    names = [m.name or Path(m.image.name).stem for m in selected]
-    return runner.RunInputs(picture, masks, names, source, camera=context.scene.camera)
+        raise InputError(f"Mask '{label}': {exc}", "Reload its image, or remove the mask") from None
+
+
+def _show_blender_masks(settings, inputs: runner.RunInputs) -> None:
+    """Blender Masks were filled afresh for this run: show what was used in their entries' images."""
+    selected = [m for m in settings.masks if m.select]
+    for item, mask in zip(selected, inputs.masks):
+        if item.source == "BLENDER_MASK" and item.image is not None and tuple(item.image.size) == mask.shape[::-1]:
+            images.write_mask(item.image, mask)
 
 
 def _redraw(context) -> None:

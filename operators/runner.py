@@ -64,15 +64,19 @@ class RunInputs:
     camera: bpy.types.Object | None = None  # the objects are placed as seen through it; None: front view
     pointmap: np.ndarray | None = None  # (H, W, 3) camera frame (OpenGL), e.g. from a camera capture
     intrinsics: np.ndarray | None = None  # (3, 3) pixels; used by the engine together with a pointmap
+    camera_matrix: Matrix | None = None  # camera -> world to place with instead of `camera`'s (a capture's viewpoint)
 
     def check(self) -> None:
         if not self.masks:
             raise InputError("No mask is selected", "Add a mask to the reference and tick its box")
         shape = self.image.shape[:2]
-        for name, mask in zip(self.names, self.masks):
+        for index, (name, mask) in enumerate(zip(self.names, self.masks)):
+            label = name or f"Object {index + 1}"
             if mask.shape[:2] != shape:
-                raise InputError(f"Mask '{name}' is {mask.shape[1]}x{mask.shape[0]} but the picture is "
+                raise InputError(f"Mask '{label}' is {mask.shape[1]}x{mask.shape[0]} but the picture is "
                                  f"{shape[1]}x{shape[0]}", "Masks must have the picture's size")
+            if not (np.asarray(mask) > 0.5).any():
+                raise InputError(f"Mask '{label}' is empty", "Paint or select the object in it, or untick it")
 
 
 @dataclass
@@ -93,6 +97,7 @@ class ReconstructionRun:
     job_folder: Path | None = None
     request: Request | None = None
     camera_matrix: Matrix | None = None  # camera -> world when the run started (the picture's viewpoint)
+    seen_camera: dict = field(default_factory=dict)  # how the engine saw the picture (result.json "camera")
     done: bool = False
 
     # -- engine side -------------------------------------------------------------------------------------------
@@ -104,7 +109,7 @@ class ReconstructionRun:
         for problem in session.problems(prefs, weights=self.options.weights is None):
             raise problem.error()
         self.inputs.check()
-        self.camera_matrix = placement.camera_to_world(self.inputs.camera)
+        self.camera_matrix = self.inputs.camera_matrix or placement.camera_to_world(self.inputs.camera)
         settings = session.job_settings(self.options.seed, self.options.quality, prefs)
         if self.options.weights is not None:
             settings = jobs.JobSettings(**{**vars(settings), "weights": self.options.weights})
@@ -144,6 +149,7 @@ class ReconstructionRun:
         try:
             outcome = self.request.outcome()
             result = jobs.read_result(self.job_folder, mask_count=len(self.inputs.masks))
+            self.seen_camera = result.camera
             for warning in self.request.warnings + _viewpoint_warnings(self.inputs.camera, scene, result.camera):
                 self.report({"WARNING"}, warning)
             weights = outcome.get("weights") or result.weights

@@ -1,8 +1,8 @@
 """The Blender session's engine: one client (one worker process) shared by every operator and the API.
 
-Turns the add-on preferences into an `EngineConfig` and `JobSettings`, finds the user folders (engine
-environment, job folders, logs), and lists the predictable problems that stop a run (no engine, no weights) with
-the fix for each, for operators to report and panels to show with a button.
+Turns the add-on preferences into an `EngineConfig`, `JobSettings` and the Segment Anything model spec, finds the
+user folders (engine environment, job folders, logs), and lists the predictable problems that stop a run (no
+engine, no weights, no SAM model) with the fix for each, for operators to report and panels to show with a button.
 """
 from __future__ import annotations
 
@@ -20,12 +20,15 @@ from ..engine.client import EngineClient, EngineConfig
 from ..engine.errors import EngineError
 from ..engine.jobs import JobSettings
 
-__all__ = ["ADDON", "EXTENSION_ROOT", "Problem", "SetupError", "preferences", "user_dir", "installed_python",
-           "engine_python", "engine_config", "job_settings", "client", "shutdown", "problems", "new_job_folder"]
+__all__ = ["ADDON", "EXTENSION_ROOT", "SAM_FILES", "Problem", "SetupError", "preferences", "user_dir",
+           "installed_python", "engine_python", "engine_config", "job_settings", "sam_spec", "sam_size", "client",
+           "shutdown", "problems", "sam_problems", "new_job_folder"]
 
 ADDON = __package__.rpartition(".")[0]  # the extension's module name, e.g. bl_ext.user_default.threedfy
 EXTENSION_ROOT = Path(__file__).resolve().parents[1]  # holds the `engine` package: the worker's cwd
 KEEP_JOBS = 5  # finished job folders kept for inspection (`python -m engine.jobs dump`)
+# The segment-anything release's checkpoint per size (what a Hugging Face copy of it is usually called).
+SAM_FILES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_h": "sam_vit_h_4b8939.pth"}
 
 _client: EngineClient | None = None
 
@@ -92,10 +95,31 @@ def weights_source(prefs=None) -> str:
     return prefs.weights_custom.strip()
 
 
+def sam_spec(prefs=None) -> str:
+    """The engine's Segment Anything source for the preferences: a checkpoint file, hf:OWNER/NAME[@REV]/FILE,
+    or anything the engine takes (random:tiny for tests)."""
+    prefs = prefs or preferences()
+    if prefs.sam_source == "FILE":
+        return bpy.path.abspath(prefs.sam_file) if prefs.sam_file else ""
+    if prefs.sam_source == "HF":
+        repo, revision = prefs.sam_hf_repo.strip().strip("/"), prefs.sam_hf_revision.strip()
+        if not repo:
+            return ""
+        path = prefs.sam_hf_file.strip().lstrip("/") or SAM_FILES[prefs.sam_size]
+        return f"hf:{repo}" + (f"@{revision}" if revision else "") + f"/{path}"
+    return prefs.sam_custom.strip()
+
+
+def sam_size(prefs=None) -> str | None:
+    """The size the SAM weights must be, when the preferences fetch a file by size (None: read from the weights)."""
+    prefs = prefs or preferences()
+    return prefs.sam_size if prefs.sam_source == "HF" and not prefs.sam_hf_file.strip() else None
+
+
 def engine_config(prefs=None) -> EngineConfig:
     prefs = prefs or preferences()
     env = []
-    if prefs.weights_source == "HF" and prefs.hf_token:
+    if prefs.hf_token and (prefs.weights_source == "HF" or prefs.sam_source == "HF"):
         env.append(("HF_TOKEN", prefs.hf_token))
     if not bpy.app.online_access:
         env.append(("HF_HUB_OFFLINE", "1"))
@@ -166,6 +190,22 @@ def problems(prefs=None, weights: bool = True) -> list[Problem]:
     elif not source or source in ("hf:", "hf:@"):
         found.append(Problem("No weights source is set", "Set the weights in the preferences",
                              "threedfy.open_preferences", "Preferences"))
+    return found
+
+
+def sam_problems(prefs=None) -> list[Problem]:
+    """What stops click-to-segment before it starts: the engine problems, then a missing SAM model."""
+    prefs = prefs or preferences()
+    found = problems(prefs, weights=False)
+    spec = sam_spec(prefs)
+    if not spec:
+        found.append(Problem("No Segment Anything model is set",
+                             "Choose the SAM checkpoint (sam_vit_b/l/h .pth) in the preferences",
+                             "threedfy.open_preferences", "Preferences"))
+    elif prefs.sam_source == "FILE" and not Path(spec).is_file():
+        found.append(Problem(f"The SAM checkpoint '{spec}' does not exist",
+                             "Download sam_vit_b_01ec64.pth (or _l / _h) from the segment-anything release and "
+                             "choose it in the preferences", "threedfy.open_preferences", "Preferences"))
     return found
 
 

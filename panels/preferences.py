@@ -51,6 +51,28 @@ class THREEDFY_AddonPreferences(bpy.types.AddonPreferences):
                               description="Keep the model in GPU memory between runs (faster; Release GPU frees it)")
     default_quality: EnumProperty(name="Default Quality", items=QUALITY_ITEMS, default="default")
 
+    # Segment Anything, for click-to-segment masks (runs in the same engine process).
+    sam_source: EnumProperty(
+        name="Segment Anything", default="FILE",
+        items=(("FILE", "Local File", "A checkpoint of the segment-anything release (sam_vit_b/l/h .pth)"),
+               ("HF", "Hugging Face", "A copy of a release checkpoint in a Hugging Face repository"),
+               ("CUSTOM", "Engine Source", "Any source the engine takes, e.g. random:tiny (random weights, tests)")))
+    sam_size: EnumProperty(
+        name="Size", default="vit_b",
+        items=(("vit_b", "ViT-B", "The smallest and fastest (0.4 GB)"),
+               ("vit_l", "ViT-L", "Larger (1.2 GB)"),
+               ("vit_h", "ViT-H", "The largest and most accurate (2.6 GB)")),
+        description="Which release checkpoint to fetch from Hugging Face")
+    sam_file: StringProperty(name="Checkpoint", subtype="FILE_PATH",
+                             description="sam_vit_b_01ec64.pth, sam_vit_l_0b3195.pth or sam_vit_h_4b8939.pth")
+    sam_hf_repo: StringProperty(name="Repository", default="",
+                                description="OWNER/NAME of a Hugging Face repository holding the checkpoint")
+    sam_hf_revision: StringProperty(name="Revision", default="", description="Branch, tag or commit (empty: main)")
+    sam_hf_file: StringProperty(name="File", default="",
+                                description="Path of the checkpoint in the repository (empty: the release's name "
+                                            "for the chosen size)")
+    sam_custom: StringProperty(name="Source", default="random:tiny")
+
     def draw(self, context):
         from ..operators import engine_install, session
 
@@ -98,3 +120,16 @@ class THREEDFY_AddonPreferences(bpy.types.AddonPreferences):
             box.prop(self, "preset")
 
         layout.prop(self, "default_quality")
+
+        box = layout.box()
+        box.label(text="Segment Anything (click-to-segment masks)", icon="RESTRICT_SELECT_OFF")
+        box.row().prop(self, "sam_source", expand=True)
+        if self.sam_source == "FILE":
+            box.prop(self, "sam_file")
+        elif self.sam_source == "HF":
+            box.prop(self, "sam_hf_repo")
+            box.row().prop(self, "sam_size", expand=True)
+            box.prop(self, "sam_hf_file", placeholder=session.SAM_FILES[self.sam_size])
+            box.prop(self, "sam_hf_revision")
+        else:
+            box.prop(self, "sam_custom")

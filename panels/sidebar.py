@@ -3,16 +3,39 @@ from __future__ import annotations
 
 import bpy
 
-__all__ = ["THREEDFY_UL_masks", "THREEDFY_PT_view3d", "THREEDFY_PT_image", "classes"]
+__all__ = ["THREEDFY_UL_masks", "THREEDFY_MT_add_mask", "THREEDFY_PT_view3d", "THREEDFY_PT_image", "classes"]
+
+DEPTH_LABELS = {"given": "Depth: given (camera capture)", "estimated": "Depth: estimated by the engine (MoGe)"}
 
 
 class THREEDFY_UL_masks(bpy.types.UIList):
     def draw_item(self, context, layout, data, item, icon, active_data, active_property, index=0, flt_flag=0):
+        from ..scene.properties import MASK_SOURCES
+
         row = layout.row(align=True)
         row.prop(item, "select", text="")
+        swatch = row.row(align=True)
+        swatch.ui_units_x = 0.8
+        swatch.prop(item, "color", text="")
         row.prop(item, "name", text="", emboss=False)
-        if item.image is None:
-            row.label(text="", icon="ERROR")
+        missing = item.blender_mask is None if item.source == "BLENDER_MASK" else item.image is None
+        source_icon = next(i[3] for i in MASK_SOURCES if i[0] == item.source)
+        row.label(text="", icon="ERROR" if missing else source_icon)
+
+
+class THREEDFY_MT_add_mask(bpy.types.Menu):
+    bl_label = "Add Mask"
+
+    def draw(self, context):
+        layout = self.layout
+        layout.operator("threedfy.segment_tool", icon="RESTRICT_SELECT_OFF")
+        layout.operator("threedfy.new_paint_mask", icon="BRUSH_DATA")
+        if not bpy.data.masks:
+            layout.operator("threedfy.add_blender_mask", icon="MOD_MASK")  # disabled; its tooltip says why
+        for mask in bpy.data.masks:
+            layout.operator("threedfy.add_blender_mask", icon="MOD_MASK", text=f"Blender Mask '{mask.name}'").mask = \
+                mask.name
+        layout.operator("threedfy.add_masks", icon="IMAGE_DATA")
 
 
 def draw_sidebar(layout: bpy.types.UILayout, context) -> None:
@@ -29,15 +52,8 @@ def draw_sidebar(layout: bpy.types.UILayout, context) -> None:
         if problem.fix:
             box.operator(problem.fix, text=problem.fix_label or "Fix")
 
-    layout.label(text="Reference")
-    layout.template_ID(settings, "image", open="image.open")
-    row = layout.row()
-    row.template_list("THREEDFY_UL_masks", "", settings, "masks", settings, "active_mask", rows=3)
-    column = row.column(align=True)
-    column.operator("threedfy.add_masks", icon="ADD", text="")
-    column.operator("threedfy.remove_mask", icon="REMOVE", text="")
-    if 0 <= settings.active_mask < len(settings.masks):
-        layout.prop(settings.masks[settings.active_mask], "image", text="Mask")
+    _draw_reference(layout, context, settings)
+    _draw_masks(layout, context, settings)
 
     column = layout.column(align=True)
     column.prop(settings, "quality")
@@ -45,9 +61,6 @@ def draw_sidebar(layout: bpy.types.UILayout, context) -> None:
     row.prop(settings, "seed")
     row.prop(settings, "randomize_seed", text="", icon="FILE_REFRESH")
     column.prop(settings, "origin_at_base")
-    camera = context.scene.camera
-    layout.label(text=f"Placed through '{camera.name}'" if camera else "No camera: placed in front view",
-                 icon="CAMERA_DATA")
 
     run = runner.active_run()
     if run is not None:
@@ -60,9 +73,60 @@ def draw_sidebar(layout: bpy.types.UILayout, context) -> None:
         box.label(text=state.message, icon={"ERROR": "ERROR", "WARNING": "INFO"}.get(state.level, "CHECKMARK"))
         if state.hint:
             box.label(text=state.hint)
+        if state.pointmap_source in DEPTH_LABELS:
+            box.label(text=DEPTH_LABELS[state.pointmap_source])
     row = layout.row(align=True)
     row.operator("threedfy.release_gpu", icon="UNLINKED")
     row.operator("threedfy.open_preferences", icon="PREFERENCES", text="")
+
+
+def _draw_reference(layout, context, settings) -> None:
+    box = layout.box()
+    box.label(text="Reference", icon="IMAGE_REFERENCE")
+    row = box.row(align=True)
+    row.operator("threedfy.capture_camera", icon="CAMERA_DATA", text="Capture")
+    if getattr(context.space_data, "type", "") == "IMAGE_EDITOR":
+        row.operator("threedfy.reference_from_image", icon="IMAGE_DATA", text="This Picture")
+    row.operator("threedfy.reference_from_background", icon="IMAGE_BACKGROUND", text="Background")
+    box.template_ID(settings, "image", open="image.open")
+    box.row().prop(settings, "pointmap_source", expand=True)
+    if settings.pointmap_source == "ESTIMATE":
+        box.prop(settings, "create_camera")
+    box.prop(settings, "camera")
+    camera = settings.camera or context.scene.camera
+    if settings.pointmap_source == "CAPTURE":
+        box.label(text="Placed where the camera was at the capture", icon="CAMERA_DATA")
+    else:
+        box.label(text=f"Placed through '{camera.name}'" if camera else "No camera: placed in front view",
+                  icon="CAMERA_DATA")
+    if settings.use_intrinsics or settings.fx > 0:
+        column = box.column(align=True)
+        column.prop(settings, "use_intrinsics")
+        row = column.row(align=True)
+        row.enabled = settings.pointmap_source != "CAPTURE"
+        row.prop(settings, "fx", text="fx")
+        row.prop(settings, "fy", text="fy")
+        row = column.row(align=True)
+        row.enabled = settings.pointmap_source != "CAPTURE"
+        row.prop(settings, "cx", text="cx")
+        row.prop(settings, "cy", text="cy")
+
+
+def _draw_masks(layout, context, settings) -> None:
+    layout.label(text="Masks")
+    row = layout.row()
+    row.template_list("THREEDFY_UL_masks", "", settings, "masks", settings, "active_mask", rows=3)
+    column = row.column(align=True)
+    column.menu("THREEDFY_MT_add_mask", icon="ADD", text="")
+    column.operator("threedfy.remove_mask", icon="REMOVE", text="")
+    if 0 <= settings.active_mask < len(settings.masks):
+        item = settings.masks[settings.active_mask]
+        if item.source == "BLENDER_MASK":
+            layout.prop(item, "blender_mask")
+        else:
+            layout.prop(item, "image", text="Mask")
+    if getattr(context.space_data, "type", "") == "IMAGE_EDITOR":
+        layout.prop(settings, "show_picture_on_masks")
 
 
 class THREEDFY_PT_view3d(bpy.types.Panel):
@@ -85,4 +149,4 @@ class THREEDFY_PT_image(bpy.types.Panel):
         draw_sidebar(self.layout, context)
 
 
-classes = (THREEDFY_UL_masks, THREEDFY_PT_view3d, THREEDFY_PT_image)
+classes = (THREEDFY_UL_masks, THREEDFY_MT_add_mask, THREEDFY_PT_view3d, THREEDFY_PT_image)

@@ -186,6 +186,37 @@ def camera_for_intrinsics(
     )
 
 
+FRAME_METHODS = ("STRETCH", "FIT", "CROP")  # how Blender lays a camera's background image over its frame
+
+
+def background_intrinsics(
+    render: Projection, pixel_aspect: tuple[float, float], image_width: int, image_height: int, frame_method: str
+) -> tuple[float, float, float, float]:
+    """(fx, fy, cx, cy) in pixels of a camera's background image, from the camera's render projection.
+
+    Blender draws the image over the camera frame (the render's W·pixel_aspect_x by H·pixel_aspect_y display
+    units): STRETCH fills the frame; FIT scales the image uniformly to fit inside it, CROP to cover it, both centred.
+    Offset, scale, rotation and flips of the background image are not modelled (the caller warns about them).
+    """
+    if render.orthographic:
+        raise CaptureError("an orthographic camera has no pinhole intrinsics; use a perspective camera")
+    if frame_method not in FRAME_METHODS:
+        raise CaptureError(f"frame method must be one of {FRAME_METHODS}, got {frame_method!r}")
+    if image_width < 1 or image_height < 1:
+        raise CaptureError(f"the background image is {image_width}x{image_height}; it needs pixels")
+    aspect_x, aspect_y = pixel_aspect
+    if frame_method == "STRETCH":
+        sx, sy = image_width / render.width, image_height / render.height  # image px per render px
+        return (render.fx * sx, render.fy * sy, render.cx * sx, render.cy * sy)
+    frame_w, frame_h = render.width * aspect_x, render.height * aspect_y  # display units
+    fit = min if frame_method == "FIT" else max
+    k = fit(frame_w / image_width, frame_h / image_height)  # display units per image pixel
+    offset_x, offset_y = (frame_w - k * image_width) / 2.0, (frame_h - k * image_height) / 2.0
+    # render px x = display x / aspect_x; image px u = (display x - offset_x) / k
+    return (render.fx * aspect_x / k, render.fy * aspect_y / k,
+            (render.cx * aspect_x - offset_x) / k, (render.cy * aspect_y - offset_y) / k)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Depth -> points, points -> pixels
 

@@ -74,7 +74,7 @@ def build_extension(out_dir: Path) -> Path:
 
 
 def configure_for_fake_engine(prefs, weights: str = "fake") -> None:
-    """Preferences for the bridge tests: this Python as the engine, the fake pipeline, the CPU."""
+    """Preferences for the bridge tests: this Python as the engine, the fake pipeline, a random tiny SAM, the CPU."""
     prefs.engine_source = "PYTHON"
     prefs.python_path = sys.executable
     prefs.weights_source = "CUSTOM"
@@ -84,6 +84,8 @@ def configure_for_fake_engine(prefs, weights: str = "fake") -> None:
     prefs.precision = "auto"
     prefs.keep_loaded = True
     prefs.default_quality = "fast"
+    prefs.sam_source = "CUSTOM"
+    prefs.sam_custom = "random:tiny"  # Segment Anything with seeded random weights, in the real worker
 
 
 @pytest.fixture(scope="session")

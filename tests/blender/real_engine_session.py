@@ -4,8 +4,9 @@
 
 Installs the built extension into a fresh user folder, points it at this Python as the engine (the real worker,
 the real pipeline: no THREEDFY_PIPELINE_FACTORY) with the tiny preset and seeded random weights, runs 3Dfy
-Selection (execute path) and api.reconstruct, saves and reopens the file, and writes what it saw as JSON,
-including whether torch was ever imported in this (Blender's) process.
+Selection (execute path) and api.reconstruct; then captures a camera, adds a mask from a click (a random tiny SAM
+in the worker) and a painted one, and runs 3Dfy Selection on them; saves and reopens the file, and writes what it
+saw as JSON, including whether torch was ever imported in this (Blender's) process.
 """
 from __future__ import annotations
 
@@ -40,6 +41,30 @@ def describe(obj: bpy.types.Object) -> dict:
             "matrix_finite": bool(np.isfinite(np.array(obj.matrix_world)).all())}
 
 
+def reference_run(scene: bpy.types.Scene, camera: bpy.types.Object) -> dict:
+    """Capture `camera` looking at a box, click on the box, paint a second mask, 3Dfy Selection."""
+    camera.location, camera.rotation_euler = (0.0, -4.0, 1.0), (1.5708, 0.0, 0.0)
+    bpy.ops.mesh.primitive_cube_add(size=1.0, location=(0.0, 0.0, 1.0))
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = WIDTH, HEIGHT, 100
+    out = {"capture": sorted(bpy.ops.threedfy.capture_camera(engine="CYCLES", samples=1))}
+    for item in scene.threedfy.masks:  # the masks of the earlier picture stay in the list, unticked
+        item.select = False
+    out["click"] = sorted(bpy.ops.threedfy.add_prompt_mask(prompts='{"points": [[32, 24]]}', name="Clicked"))
+    out["paint"] = sorted(bpy.ops.threedfy.new_paint_mask(name="Painted"))
+    painted = np.zeros((HEIGHT, WIDTH, 4), np.float32)
+    painted[..., 3] = 1.0
+    painted[14:34, 20:44, :3] = 1.0  # a white stroke over the box
+    scene.threedfy.masks["Painted"].image.pixels.foreach_set(np.flipud(painted).reshape(-1))
+    out["run"] = sorted(bpy.ops.threedfy.reconstruct_selection())
+    state = bpy.context.window_manager.threedfy_run
+    out["pointmap_source"], out["message"] = state.pointmap_source, state.message
+    out["masks"] = [(m.name, m.source) for m in scene.threedfy.masks]
+    collections = {o.users_collection[0].name for o in bpy.data.objects if o.name in ("Clicked", "Painted")}
+    out["objects"] = [describe(bpy.data.objects[name]) for name in ("Clicked", "Painted") if name in bpy.data.objects]
+    out["collections"] = sorted(collections)
+    return out
+
+
 def main(zip_path: str, out_path: str) -> None:
     report: dict = {}
     assert bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default",
@@ -49,6 +74,7 @@ def main(zip_path: str, out_path: str) -> None:
     prefs.engine_source, prefs.python_path = "PYTHON", sys.executable
     prefs.weights_source, prefs.weights_custom, prefs.preset = "CUSTOM", "random", "tiny"
     prefs.device, prefs.default_quality = "cpu", "fast"
+    prefs.sam_source, prefs.sam_custom = "CUSTOM", "random:tiny"
     api = importlib.import_module(f"{name}.api")
     session = importlib.import_module(f"{name}.operators.session")
 
@@ -81,7 +107,10 @@ def main(zip_path: str, out_path: str) -> None:
                               seed=6, names=["Blob API"], pointmap=pointmap.astype(np.float32), intrinsics=intrinsics)
     report["api_objects"] = [describe(o) for o in objects]
 
-    # 3. Saved and reopened.
+    # 3. A camera capture, a mask from a click and a painted one, in one run.
+    report["reference"] = reference_run(scene, camera)
+
+    # 4. Saved and reopened.
     path = os.path.join(tempfile.mkdtemp(), "e2e.blend")
     bpy.ops.wm.save_as_mainfile(filepath=path)
     bpy.ops.wm.open_mainfile(filepath=path)

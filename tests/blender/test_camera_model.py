@@ -142,3 +142,27 @@ def test_camera_for_intrinsics_renders_back_to_the_same_intrinsics():
 def test_unusable_camera_settings_are_refused(settings, match):
     with pytest.raises(CaptureError, match=match):
         CameraParams(**settings)
+
+
+def test_a_background_image_that_fills_the_frame_has_the_cameras_intrinsics_at_its_own_size():
+    from scene.camera_model import background_intrinsics
+
+    render = projection(CameraParams(lens=40, sensor_width=36, shift_x=0.1, shift_y=-0.05, resolution_x=640,
+                                     resolution_y=480))
+    for method in ("STRETCH", "FIT", "CROP"):  # same aspect: all three lay the image exactly over the frame
+        fx, fy, cx, cy = background_intrinsics(render, (1.0, 1.0), 1280, 960, method)
+        assert (fx, fy, cx, cy) == pytest.approx((2 * render.fx, 2 * render.fy, 2 * render.cx, 2 * render.cy))
+
+
+def test_a_square_background_is_letterboxed_by_fit_and_cut_by_crop_around_the_frames_centre():
+    from scene.camera_model import background_intrinsics
+
+    render = projection(CameraParams(lens=36, sensor_width=36, resolution_x=64, resolution_y=48))  # f = 64 px
+    # FIT: the image's 64 rows span the frame's 48 (0.75 frame px each), centred across.
+    assert background_intrinsics(render, (1.0, 1.0), 64, 64, "FIT") == pytest.approx((64 / 0.75, 64 / 0.75, 32, 32))
+    # CROP: the image's 64 columns span the frame's 64; its middle 48 rows are seen.
+    assert background_intrinsics(render, (1.0, 1.0), 64, 64, "CROP") == pytest.approx((64, 64, 32, 32))
+    # STRETCH: squeezed to the frame, so its pixels are not square any more.
+    assert background_intrinsics(render, (1.0, 1.0), 64, 64, "STRETCH") == pytest.approx((64, 64 * 64 / 48, 32, 32))
+    with pytest.raises(CaptureError, match="orthographic"):
+        background_intrinsics(projection(CameraParams(type="ORTHO")), (1.0, 1.0), 64, 64, "FIT")

@@ -1,7 +1,8 @@
 """End to end with the real engine: a Blender process of its own installs the built extension, runs 3Dfy Selection
-and api.reconstruct through the real worker (tiny preset, seeded random weights, CPU), and never imports torch.
+and api.reconstruct through the real worker (tiny preset, seeded random weights, CPU), makes a reference from a
+camera capture with a clicked (random tiny SAM) and a painted mask and runs it, and never imports torch.
 
-This is the slowest Blender test (two tiny-model runs on CPU); it runs once the pipeline exists.
+This is the slowest Blender test (three tiny-model runs on CPU); it runs once the pipeline exists.
 """
 from __future__ import annotations
 
@@ -38,4 +39,15 @@ def test_operator_and_api_run_the_tiny_model_in_the_worker_and_blender_never_imp
     assert blob["name"] == "Blob" and blob["collection"] == "3Dfy 001" and blob["seed"] == 5
     (api_blob,) = report["api_objects"]
     assert api_blob["name"] == "Blob API" and api_blob["collection"] == "API run" and api_blob["seed"] == 6
-    assert report["reopened"] == ["Blob", "Blob API"]
+    assert report["reopened"] == ["Blob", "Blob API", "Clicked", "Cube", "Painted"]
+
+    # A camera capture, a click segmented by a random tiny SAM in the worker, a painted mask: one run, one
+    # collection, two posed objects; the capture's pointmap fed the pipeline, so no depth was estimated (no MoGe).
+    reference = report["reference"]
+    assert [reference[k] for k in ("capture", "click", "paint", "run")] == [["FINISHED"]] * 4, reference
+    assert reference["masks"] == [["Blob", "FILE"], ["Clicked", "PROMPT"], ["Painted", "PAINT"]]
+    assert [o["name"] for o in reference["objects"]] == ["Clicked", "Painted"]
+    assert reference["collections"] == ["3Dfy 002"] and reference["message"] == "Added 2 objects to '3Dfy 002'"
+    for obj in reference["objects"]:
+        assert obj["vertices"] > 0 and obj["faces"] > 0 and obj["matrix_finite"]
+    assert reference["pointmap_source"] == "given"
