@@ -53,8 +53,8 @@ def _check(raw: dict[str, torch.Tensor], pose, mesh, gaussians, io) -> None:
         assert_close(torch.as_tensor(np.array(ours)), out[f"gaussian.{name}"], 1e-4, 1e-4, f"gaussian {name}")
     rot = torch.nn.functional.normalize(torch.as_tensor(np.array(gaussians["rotation"])), dim=-1)
     assert_close(rot, out["gaussian.rotation"], 1e-4, 1e-4, "gaussian rotation")
-    assert_close(torch.as_tensor(mesh["vertices"]), out["mesh.vertices"], 1e-4, 1e-4, "mesh vertices")
-    assert torch.equal(torch.as_tensor(mesh["faces"]).int(), out["mesh.faces"]), "mesh faces"
+    assert_close(torch.as_tensor(np.array(mesh["vertices"])), out["mesh.vertices"], 1e-4, 1e-4, "mesh vertices")
+    assert torch.equal(torch.as_tensor(np.array(mesh["faces"])).int(), out["mesh.faces"]), "mesh faces"
     assert_close(raw["mesh.vertex_attrs"], out["mesh.vertex_attrs"], 1e-3, 1e-3, "mesh vertex attributes")
 
 
@@ -107,7 +107,7 @@ def test_the_release_folder_reproduces_the_official_run_through_the_cli(io, tmp_
     _check(raw, pose, mesh, gaussians, io)
     # The GLB is y-up as glTF requires; its COLOR_0 is linear (glTF's rule): back to display values it gives the
     # official vertex colours (which upstream writes as uint8).
-    assert_close(torch.as_tensor(glb["positions"]), io["output.glb.vertices_yup"], 1e-4, 1e-4, "glb vertices")
+    assert_close(torch.as_tensor(np.array(glb["positions"])), io["output.glb.vertices_yup"], 1e-4, 1e-4, "glb vertices")
     display = np.round(linear_to_srgb(glb["colors"]) * 255)
     expected = io["output.glb.vertex_colors_rgba_uint8"].numpy()[:, :3].astype(float)
     assert np.abs(display - expected).max() <= 1
