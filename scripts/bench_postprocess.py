@@ -2,11 +2,15 @@
 
     .venv/bin/python scripts/bench_postprocess.py                       # 1 M faces -> 30k faces, 2048^2 texture
     .venv/bin/python scripts/bench_postprocess.py --faces 200000 --runs 3 --device cpu
+    .venv/bin/python scripts/bench_postprocess.py --device cuda --compare-decimators   # + both simplifiers alone
 
 The input is `engine.postprocess.procedural.noisy_sphere` (a bumpy, jittered sphere with a smooth colour field,
 duplicated seam vertices and a few floaters), so the clean-up, decimation, unwrap and bake all have real work.
 Each stage is timed through `make_artist_mesh`'s progress callback (wall clock); the table shows the median over
-`--runs` runs after one warm-up run, and the quality figures of the last run.
+`--runs` runs after one warm-up run, and the quality figures of the last run. `--decimator` picks the simplifier
+(default "auto": torch's parallel edge collapse on CUDA, fast-simplification on CPU); `--compare-decimators`
+adds a table that times `decimate` alone on the cleaned mesh with each simplifier (torch on the device) and
+measures how far each result lies from the source surface.
 """
 from __future__ import annotations
 
@@ -24,7 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine.postprocess import make_artist_mesh  # noqa: E402
+from engine.postprocess import make_artist_mesh, resolve_face_count  # noqa: E402
+from engine.postprocess.cleanup import clean_mesh  # noqa: E402
+from engine.postprocess.decimate import DECIMATORS, decimate, resolve_decimator  # noqa: E402
+from engine.postprocess.deviation import surface_deviation  # noqa: E402
 from engine.postprocess.procedural import color_field, noisy_sphere  # noqa: E402
 
 
@@ -35,6 +42,9 @@ def main() -> None:
     parser.add_argument("--texture", type=int, default=2048, help="texture size")
     parser.add_argument("--runs", type=int, default=3, help="timed runs (after one warm-up)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--decimator", default="auto", choices=DECIMATORS, help="simplifier of the decimate stage")
+    parser.add_argument("--compare-decimators", action="store_true",
+                        help="also time decimate() alone with each simplifier and measure its distance to the source")
     args = parser.parse_args()
 
     mesh = noisy_sphere(args.faces, floaters=3, seed=0)
@@ -42,7 +52,9 @@ def main() -> None:
           f"target {args.target} faces, texture {args.texture}^2; device {args.device or 'auto'}; "
           f"torch threads {torch.get_num_threads()} (the postprocess uses 1 on CPU), {os.cpu_count()} CPUs, "
           f"{platform.processor() or platform.machine()}")
-    if args.device == "cuda" or (args.device is None and torch.cuda.is_available()):
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"decimator: {resolve_decimator(args.decimator, device)}")
+    if torch.device(device).type == "cuda":
         print(f"GPU: {torch.cuda.get_device_name()}")
 
     stages = ["clean-up", "decimate", "unwrap", "bake"]
@@ -57,7 +69,7 @@ def main() -> None:
 
         start = time.perf_counter()
         result = make_artist_mesh(mesh, faces=args.target, texture_size=args.texture, progress=progress,
-                                  device=args.device)
+                                  device=args.device, decimator=args.decimator)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         end = time.perf_counter()
@@ -80,6 +92,39 @@ def main() -> None:
     print(f"texture colour error at random surface points: {colour_error(result) * 255:.2f}/255 (mean abs)")
     print(f"peak resident memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
           f"; load average at the end: {os.getloadavg()[0]:.1f}")
+    if args.compare_decimators:
+        compare_decimators(mesh, resolve_face_count(args.target), device, args.runs)
+
+
+def compare_decimators(mesh, target: int, device: str, runs: int) -> None:
+    """Time `decimate` alone on the cleaned mesh with each simplifier; distance of each result to the source."""
+    source, _ = clean_mesh(mesh)
+    diag = float(np.linalg.norm(source.vertices.max(0) - source.vertices.min(0)))
+    print()
+    print(f"decimate alone: {source.faces.shape[0]:,} -> {target:,} faces (median and min of {runs} runs after "
+          f"one warm-up; distance: `deviation.surface_deviation`, 20k random surface points each way, % of the "
+          f"bounding-box diagonal)")
+    print()
+    print("| simplifier | device | median s | min s | faces | max distance % | mean distance % |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    threads = torch.get_num_threads()
+    for decimator in ("torch", "fast-simplification"):
+        where = device if decimator == "torch" else "cpu"
+        times, low = [], None
+        torch.set_num_threads(1 if torch.device(where).type == "cpu" else threads)  # as make_artist_mesh does
+        for run in range(runs + 1):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            low = decimate(source, target, device=where, decimator=decimator)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            if run > 0:
+                times.append(time.perf_counter() - start)
+        torch.set_num_threads(threads)
+        worst, mean = surface_deviation(source, low)
+        print(f"| {decimator} | {where} | {statistics.median(times):.3f} | {min(times):.3f} | {low.faces.shape[0]:,} "
+              f"| {100 * worst / diag:.3f} | {100 * mean / diag:.4f} |")
 
 
 def colour_error(result) -> float:

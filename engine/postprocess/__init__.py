@@ -1,8 +1,9 @@
 """Postprocess: raw decoder mesh -> clean, decimated, UV-unwrapped, textured mesh (no CUDA extensions).
 
-Entry point: `make_artist_mesh` (artist.py). The steps are public too, one module each: `cleanup`, `decimate`,
-`unwrap` (xatlas), `raster` (UV triangles -> texels), `closest` (closest points on a mesh), `bake` (colour
-transfer), `dilate` (gutter fill); `procedural` makes test meshes.
+Entry point: `make_artist_mesh` (artist.py). The steps are public too, one module each: `cleanup`, `decimate`
+(with `collapse`, torch's data-parallel edge collapse, and `quadric`, its error metric), `unwrap` (xatlas),
+`raster` (UV triangles -> texels), `closest` (closest points on a mesh), `bake` (colour transfer), `dilate`
+(gutter fill); `procedural` makes test meshes.
 """
 from .artist import TEXTURE_SIZES, PostprocessOptions, make_artist_mesh
 from .cleanup import CleanupOptions, CleanupReport, clean_mesh

@@ -19,7 +19,7 @@ from ..assets import Gaussians, Mesh
 from ..errors import InputError
 from .bake import ColorSource, bake_texture, check_gaussians
 from .cleanup import CleanupOptions, check_mesh, clean_mesh, drop_nonfinite, drop_unused_vertices
-from .decimate import decimate, resolve_face_count
+from .decimate import decimate, resolve_decimator, resolve_face_count
 from .unwrap import unwrap
 
 TEXTURE_SIZES = (512, 4096)  # smallest and largest texture side accepted
@@ -49,6 +49,7 @@ def make_artist_mesh(
     progress: Callable[[str, float], None] | None = None,
     device: torch.device | str | None = None,
     cleanup_options: CleanupOptions = CleanupOptions(),
+    decimator: str = "auto",
 ) -> Mesh:
     """Postprocess a decoder mesh into an artist-ready asset.
 
@@ -60,6 +61,8 @@ def make_artist_mesh(
         are dropped either way.
     progress: called as progress(stage, fraction of the whole run in [0, 1]); it may raise `Cancelled` to stop.
     device: where the vectorised work runs; default CUDA when available, else CPU.
+    decimator: "auto" (torch's parallel edge collapse on CUDA, fast-simplification on CPU, the faster one on
+        each), "torch" or "fast-simplification" (see `decimate.py`).
 
     Returns a new Mesh with vertices, faces (split along UV seams), vertex_colors, uvs and texture. Raises
     InputError for an empty mesh, a mesh with nothing finite, or unusable options.
@@ -74,11 +77,13 @@ def make_artist_mesh(
         check_gaussians(gaussians)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    decimator = resolve_decimator(decimator, device)
     with _one_torch_thread(torch.device(device).type == "cpu"):
-        return _run(mesh, gaussians, target, texture_size, cleanup, _Progress(progress), device, cleanup_options)
+        return _run(mesh, gaussians, target, texture_size, cleanup, _Progress(progress), device, cleanup_options,
+                    decimator)
 
 
-def _run(mesh, gaussians, target, texture_size, cleanup, report, device, cleanup_options) -> Mesh:
+def _run(mesh, gaussians, target, texture_size, cleanup, report, device, cleanup_options, decimator) -> Mesh:
     # 1. clean-up
     report("clean-up", 0.0)
     if cleanup:
@@ -87,7 +92,7 @@ def _run(mesh, gaussians, target, texture_size, cleanup, report, device, cleanup
         source = _drop_nonfinite(mesh)
     # 2. decimate
     report("decimate", 0.0)
-    low = decimate(source, target)
+    low = decimate(source, target, device=device, decimator=decimator)
     # 3. unwrap
     report("unwrap", 0.0)
     low, _ = unwrap(low, texture_size, PADDING)

@@ -20,9 +20,9 @@ def source() -> Mesh:
     return noisy_sphere(160_000, floaters=2, seed=3)
 
 
-@pytest.fixture(scope="module")
-def result(source) -> Mesh:
-    return make_artist_mesh(source, faces=20_000, texture_size=TEXTURE, device="cpu")
+@pytest.fixture(scope="module", params=["torch", "fast-simplification"])
+def result(source, request) -> Mesh:
+    return make_artist_mesh(source, faces=20_000, texture_size=TEXTURE, device="cpu", decimator=request.param)
 
 
 def sample_surface(mesh: Mesh, n: int, seed: int):
@@ -108,7 +108,8 @@ def test_texels_on_both_sides_of_a_chart_border_agree(result):
     assert np.quantile(diff.max(1), 0.99) <= 8 / 255
 
 
-def test_gaussian_colours_are_baked_where_given(source):
+@pytest.mark.parametrize("decimator", ["torch", "fast-simplification"])
+def test_gaussian_colours_are_baked_where_given(source, decimator):
     # Gaussians on the surface carrying the inverted colour field must win over the mesh's own colours.
     clean, _ = clean_mesh(source)
     g = np.random.default_rng(5)
@@ -122,7 +123,7 @@ def test_gaussian_colours_are_baked_where_given(source):
         rotation=q,
         opacity=np.full(points.shape[0], 0.9, np.float32),
     )
-    out = make_artist_mesh(source, gaussians, faces="low", texture_size=512, device="cpu")
+    out = make_artist_mesh(source, gaussians, faces="low", texture_size=512, device="cpu", decimator=decimator)
     p, face, bary = sample_surface(out, 5_000, seed=7)
     uv = (out.uvs[out.faces[face]] * bary[:, :, None]).sum(1)
     seen = bilinear(out.texture, uv)
@@ -148,6 +149,7 @@ def test_an_empty_mesh_is_a_clear_input_error():
 
 @pytest.mark.parametrize("options, match", [
     ({"faces": "ultra"}, "preset"), ({"faces": 2}, "face count"), ({"texture_size": 100}, "texture_size"),
+    ({"decimator": "qslim"}, "decimator"),
 ])
 def test_unusable_options_are_clear_input_errors(options, match):
     with pytest.raises(InputError, match=match):
@@ -175,14 +177,15 @@ def test_a_non_manifold_mesh_gives_a_textured_result():
     assert np.isfinite(out.vertices).all() and out.texture.shape == (512, 512, 3)
 
 
-def test_nan_vertices_are_dropped_with_their_faces():
+@pytest.mark.parametrize("decimator", ["torch", "fast-simplification"])
+def test_nan_vertices_are_dropped_with_their_faces(decimator):
     mesh = noisy_sphere(5_000, seed=9)
     vertices = mesh.vertices.copy()
     vertices[::50] = np.nan
     touched = np.isnan(vertices[mesh.faces]).any(axis=(1, 2)).sum()
     for cleanup in (True, False):
         out = make_artist_mesh(Mesh(vertices, mesh.faces, mesh.vertex_colors), faces=100_000, texture_size=512,
-                               cleanup=cleanup, device="cpu")
+                               cleanup=cleanup, device="cpu", decimator=decimator)
         assert np.isfinite(out.vertices).all()
         assert mesh.faces.shape[0] - touched <= out.faces.shape[0] <= mesh.faces.shape[0]  # holes may be filled
 
