@@ -10,6 +10,7 @@ does not empty the object).
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -26,8 +27,6 @@ GRID = 64
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
-    import sys
-
     assert (DEMO_FOLDER / "demo.json").is_file(), f"the demo weights are missing from {DEMO_FOLDER}"
     truth = json.loads((EXAMPLE / "truth.json").read_text())
     camera = json.loads((EXAMPLE / "camera.json").read_text())
