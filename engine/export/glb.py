@@ -13,6 +13,9 @@ What is written (one scene, one node, one mesh, one triangle primitive, one mate
 
 Layout: 12-byte header, JSON chunk (padded with spaces), BIN chunk (padded with zeros); every bufferView starts
 on a 4-byte boundary. No node transform: the geometry itself is y-up.
+
+Meshes that would make a file glTF viewers reject (faces past the vertex array, NaN UVs or colours, a row count
+that is not the vertex count) are refused with an InputError; the tests run the Khronos glTF validator on the output.
 """
 from __future__ import annotations
 
@@ -85,6 +88,8 @@ def scene_glb_bytes(objects: Sequence[tuple[Mesh, np.ndarray | None, str]]) -> b
 
 def _add_object(builder: _Builder, gltf: dict, mesh: Mesh, object_to_camera: np.ndarray | None, name: str) -> None:
     _check(mesh)
+    if object_to_camera is not None:
+        _check_placement(object_to_camera, name)
     vertices = np.asarray(mesh.vertices, np.float32)
     faces = np.asarray(mesh.faces, np.int64)
     textured = mesh.texture is not None and mesh.uvs is not None
@@ -186,11 +191,32 @@ def _png_bytes(texture: np.ndarray) -> bytes:
 
 
 def _check(mesh: Mesh) -> None:
+    # Everything here would otherwise end up as a file that viewers reject (the glTF validator's errors).
+    count = mesh.vertices.shape[0]
     if mesh.faces.shape[0] == 0:
         raise InputError("cannot export an empty mesh (no faces)", "postprocess a mesh with faces first")
     if not np.isfinite(mesh.vertices).all():
         raise InputError("cannot export a mesh with NaN or infinite vertices", "run the postprocess clean-up first")
+    low, high = int(mesh.faces.min()), int(mesh.faces.max())
+    if low < 0 or high >= count:
+        raise InputError(f"the faces use vertex indices {low}..{high} but the mesh has {count} vertices",
+                         "drop the faces that point past the vertex array")
     if mesh.texture is not None and (mesh.texture.ndim != 3 or mesh.texture.shape[2] != 3):
         raise InputError(f"the texture is {mesh.texture.shape}, expected (H, W, 3) uint8", "pass an RGB texture")
     if mesh.texture is not None and mesh.uvs is None:
         raise InputError("the mesh has a texture but no UVs", "unwrap it (engine.postprocess.unwrap) first")
+    # Only what is written is checked: the UVs with a texture, else the vertex colours.
+    name, array, width = ("uvs", mesh.uvs, 2) if mesh.texture is not None else ("vertex_colors", mesh.vertex_colors, 3)
+    if array is not None and array.shape != (count, width):
+        raise InputError(f"the mesh's {name} are {array.shape}, expected ({count}, {width}): one row per vertex",
+                         f"give {name} for every vertex")
+    if array is not None and not np.isfinite(array).all():
+        raise InputError(f"the mesh's {name} hold NaN or infinite values",
+                         "replace them (e.g. with numpy.nan_to_num) before export")
+
+
+def _check_placement(object_to_camera: np.ndarray, name: str) -> None:
+    matrix = np.asarray(object_to_camera)
+    if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
+        raise InputError(f"the placement of {name!r} is not a finite 4x4 matrix (got shape {matrix.shape})",
+                         "pass the object's object_to_camera, or None to leave it unplaced")

@@ -12,7 +12,7 @@ from PIL import Image
 from engine.assets import Mesh
 from engine.errors import InputError
 from engine.frames import gltf_to_object
-from engine.export.glb import glb_bytes, srgb_to_linear, write_glb
+from engine.export.glb import glb_bytes, scene_glb_bytes, srgb_to_linear, write_glb
 from tests.engine.export.glb_reader import accessor, read_glb
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,29 @@ def test_unexportable_meshes_are_input_errors(textured):
         glb_bytes(Mesh(bad, textured.faces))
     with pytest.raises(InputError, match="UVs"):
         glb_bytes(Mesh(textured.vertices, textured.faces, texture=textured.texture))
+
+
+def test_meshes_that_would_make_an_invalid_file_are_input_errors(textured):
+    # each of these would reach the file as a glTF validator error
+    past = textured.faces.copy()
+    past[7, 1] = len(textured.vertices)
+    with pytest.raises(InputError, match="vertex indices 0..200 but the mesh has 200 vertices"):
+        glb_bytes(Mesh(textured.vertices, past))
+    with pytest.raises(InputError, match=r"vertex_colors are \(199, 3\), expected \(200, 3\)"):
+        glb_bytes(Mesh(textured.vertices, textured.faces, textured.vertex_colors[:-1]))
+    uvs = textured.uvs.copy()
+    uvs[11, 0] = np.inf
+    with pytest.raises(InputError, match="uvs hold NaN or infinite"):
+        glb_bytes(Mesh(textured.vertices, textured.faces, uvs=uvs, texture=textured.texture))
+    colors = textured.vertex_colors.copy()
+    colors[4, 2] = np.nan
+    with pytest.raises(InputError, match="vertex_colors hold NaN"):
+        glb_bytes(Mesh(textured.vertices, textured.faces, colors))
+    glb_bytes(Mesh(textured.vertices, textured.faces, colors, textured.uvs, textured.texture))  # colours unused
+    placement = np.eye(4)
+    placement[1, 3] = np.nan
+    with pytest.raises(InputError, match="placement of 'chair' is not a finite 4x4"):
+        scene_glb_bytes([(textured, placement, "chair")])
 
 
 def test_a_scene_glb_places_each_object_by_its_object_to_camera():
