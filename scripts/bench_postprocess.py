@@ -3,6 +3,7 @@
     .venv/bin/python scripts/bench_postprocess.py                       # 1 M faces -> 30k faces, 2048^2 texture
     .venv/bin/python scripts/bench_postprocess.py --faces 200000 --runs 3 --device cpu
     .venv/bin/python scripts/bench_postprocess.py --device cuda --compare-decimators   # + both simplifiers alone
+    .venv/bin/python scripts/bench_postprocess.py --profile-cleanup --inner-wall        # + clean-up's own steps
 
 The input is `engine.postprocess.procedural.noisy_sphere` (a bumpy, jittered sphere with a smooth colour field,
 duplicated seam vertices and a few floaters), so the clean-up, decimation, unwrap and bake all have real work.
@@ -10,7 +11,10 @@ Each stage is timed through `make_artist_mesh`'s progress callback (wall clock);
 `--runs` runs after one warm-up run, and the quality figures of the last run. `--decimator` picks the simplifier
 (default "auto": torch's parallel edge collapse on CUDA, fast-simplification on CPU); `--compare-decimators`
 adds a table that times `decimate` alone on the cleaned mesh with each simplifier (torch on the device) and
-measures how far each result lies from the source surface.
+measures how far each result lies from the source surface. `--profile-cleanup` adds rows under the clean-up
+stage for its steps (`clean_mesh`'s `on_step`, timed in separate calls of `clean_mesh` on the same device, with the
+device synchronised at each step). `--inner-wall` adds what raw pipeline meshes carry: an inward-wound copy of the
+sphere inside it (half its faces), which clean-up drops.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from engine.assets import Mesh  # noqa: E402
 from engine.postprocess import make_artist_mesh, resolve_face_count  # noqa: E402
 from engine.postprocess.cleanup import clean_mesh  # noqa: E402
 from engine.postprocess.decimate import DECIMATORS, decimate, resolve_decimator  # noqa: E402
@@ -45,9 +50,14 @@ def main() -> None:
     parser.add_argument("--decimator", default="auto", choices=DECIMATORS, help="simplifier of the decimate stage")
     parser.add_argument("--compare-decimators", action="store_true",
                         help="also time decimate() alone with each simplifier and measure its distance to the source")
+    parser.add_argument("--profile-cleanup", action="store_true", help="also time clean-up's steps")
+    parser.add_argument("--inner-wall", action="store_true",
+                        help="add an inward-wound inner copy of the sphere (half the faces), as raw meshes carry")
     args = parser.parse_args()
 
     mesh = noisy_sphere(args.faces, floaters=3, seed=0)
+    if args.inner_wall:
+        mesh = with_inner_wall(mesh, args.faces // 2)
     print(f"input: {mesh.faces.shape[0]:,} faces, {mesh.vertices.shape[0]:,} vertices; "
           f"target {args.target} faces, texture {args.texture}^2; device {args.device or 'auto'}; "
           f"torch threads {torch.get_num_threads()} (the postprocess uses 1 on CPU), {os.cpu_count()} CPUs, "
@@ -80,12 +90,16 @@ def main() -> None:
             timings[stage].append(t1 - t0)
         timings["total"].append(end - start)
 
+    steps = profile_cleanup(mesh, device, args.runs) if args.profile_cleanup else {}
     print()
     print("| stage | median s | min s |")
     print("|---|---:|---:|")
     for stage in stages + ["total"]:
         values = timings[stage]
         print(f"| {stage} | {statistics.median(values):.2f} | {min(values):.2f} |")
+        if stage == "clean-up":
+            for step, values in steps.items():
+                print(f"| &nbsp; {step} | {statistics.median(values):.3f} | {min(values):.3f} |")
     print()
     print(f"result: {result.faces.shape[0]:,} faces, {result.vertices.shape[0]:,} vertices (split at UV seams), "
           f"texture {result.texture.shape[1]}x{result.texture.shape[0]}")
@@ -94,6 +108,39 @@ def main() -> None:
           f"; load average at the end: {os.getloadavg()[0]:.1f}")
     if args.compare_decimators:
         compare_decimators(mesh, resolve_face_count(args.target), device, args.runs)
+
+
+def with_inner_wall(mesh: Mesh, faces: int) -> Mesh:
+    """`mesh` plus an inward-wound noisy sphere of about `faces` faces at 0.85 of its size, inside it."""
+    wall = noisy_sphere(faces, seed=1)
+    colors = None if mesh.vertex_colors is None else np.concatenate([mesh.vertex_colors, wall.vertex_colors])
+    return Mesh(np.concatenate([mesh.vertices, wall.vertices * 0.85]).astype(np.float32),
+                np.concatenate([mesh.faces, wall.faces[:, [0, 2, 1]] + mesh.vertices.shape[0]]).astype(np.int32),
+                colors)
+
+
+def profile_cleanup(mesh: Mesh, device: str, runs: int) -> dict[str, list[float]]:
+    """Seconds per clean-up step over `runs` calls of `clean_mesh` on `device` (after one warm-up call)."""
+    cuda = torch.device(device).type == "cuda"
+    threads = torch.get_num_threads()
+    if not cuda:
+        torch.set_num_threads(1)  # as make_artist_mesh does on the CPU
+    steps: dict[str, list[float]] = {}
+    for run in range(runs + 1):
+        marks = [("start", time.perf_counter())]
+
+        def on_step(name: str) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+            marks.append((name, time.perf_counter()))
+
+        _, report = clean_mesh(mesh, device=device, on_step=on_step)
+        if run > 0:
+            for (_, t0), (name, t1) in zip(marks, marks[1:]):
+                steps.setdefault(name, []).append(t1 - t0)
+    torch.set_num_threads(threads)
+    print(f"clean-up: {report}")
+    return steps
 
 
 def compare_decimators(mesh, target: int, device: str, runs: int) -> None:

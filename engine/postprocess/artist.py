@@ -87,7 +87,7 @@ def _run(mesh, gaussians, target, texture_size, cleanup, report, device, cleanup
     # 1. clean-up
     report("clean-up", 0.0)
     if cleanup:
-        source, _ = clean_mesh(mesh, cleanup_options)
+        source, _ = clean_mesh(mesh, cleanup_options, device=device)
     else:
         source = _drop_nonfinite(mesh)
     # 2. decimate

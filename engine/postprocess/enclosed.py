@@ -31,11 +31,15 @@ pass over the faces: faces and points are projected onto the plane across the ra
 only faces whose bounding box shares a cell with a point are tested. The ray runs along a fixed direction that
 no axis or lattice diagonal is close to, so it hardly ever grazes an edge of a voxel-aligned mesh; a sample
 whose ray does (or passes a pinhole) is outvoted by the others.
+
+Everything runs in torch on the device of the tensors it is given (CUDA or CPU): no loop over faces, parts or
+points, and a handful of host reads (sizes of the arrays to come). The random sample draws are made on the host,
+so the answer is the same on every device.
 """
 from __future__ import annotations
 
 import numpy as np
-from scipy.sparse import csr_matrix
+import torch
 
 SAMPLES_PER_PART = 32  # sample points per part (face centroids); fewer when the part has fewer faces
 MAJORITY = 0.75  # fraction of a part's samples that must agree before it is dropped
@@ -54,120 +58,134 @@ def _ray_frame() -> np.ndarray:
 RAY_FRAME = _ray_frame()
 
 
-def find_inner_walls(vertices: np.ndarray, faces: np.ndarray, face_part: np.ndarray, volume: np.ndarray,
-                     area: np.ndarray, seed: int = 0) -> np.ndarray:
-    """(P,) bool: which parts are inner walls (see the module docstring).
+def find_inner_walls(vertices: torch.Tensor, faces: torch.Tensor, face_part: torch.Tensor, volume: torch.Tensor,
+                     area: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """(P,) bool: which parts are inner walls (see the module docstring), on the tensors' device.
 
-    vertices (V, 3) float; faces (F, 3) int; face_part (F,) the part of each face in 0..P-1; volume, area (P,)
-    signed volume (positive when wound outward) and area per part, as `cleanup.part_stats` gives them.
-    Parts with no faces are never walls. Sample faces are drawn with a fixed `seed`, so the answer is repeatable.
+    vertices (V, 3) float; faces (F, 3) int64; face_part (F,) int64, the part of each face in 0..P-1; volume,
+    area (P,) signed volume (positive when wound outward) and area per part, as `cleanup.part_stats` gives them.
+    Parts with no faces are never walls. Sample faces are drawn with a fixed `seed`, so the answer is repeatable
+    (and the same on every device: the draws are made on the host).
     """
     n_parts = volume.shape[0]
+    device = faces.device
     # A part needs a clear orientation to face away from anything (the threshold `turn_parts_outward` uses).
-    oriented = np.abs(volume) >= 1e-3 * area ** 1.5
-    counts = np.bincount(face_part, minlength=n_parts)
-    if n_parts < 2 or not oriented[counts > 0].any():
-        return np.zeros(n_parts, bool)
-    # 1. Sample faces: up to SAMPLES_PER_PART per part, drawn within the part (faces grouped by a counting sort).
-    by_part = csr_matrix((np.ones(faces.shape[0], np.int8), (face_part, np.arange(faces.shape[0]))),
-                         shape=(n_parts, faces.shape[0]))
-    take = np.minimum(counts, SAMPLES_PER_PART)
-    sample_part = np.repeat(np.arange(n_parts), take)
-    u = np.random.default_rng(seed).random(sample_part.shape[0])
-    sample_face = by_part.indices[by_part.indptr[sample_part] + (u * counts[sample_part]).astype(np.int64)]
-    points = vertices[faces[sample_face]].mean(axis=1)
+    oriented = volume.abs() >= 1e-3 * area ** 1.5
+    counts = torch.bincount(face_part, minlength=n_parts)
+    if n_parts < 2 or not bool(oriented[counts > 0].any()):
+        return torch.zeros(n_parts, dtype=torch.bool, device=device)
+    # 1. Sample faces: up to SAMPLES_PER_PART per part, the k-th face (in index order) of the part for a random k.
+    take = counts.clamp(max=SAMPLES_PER_PART)
+    sample_part = torch.repeat_interleave(torch.arange(n_parts, device=device), take)  # (S,)
+    u = torch.from_numpy(np.random.default_rng(seed).random(sample_part.shape[0])).to(device)
+    by_part = torch.sort(face_part, stable=True).indices  # (F,) faces grouped by part, in index order within
+    start = torch.cumsum(counts, 0) - counts
+    sample_face = by_part[start[sample_part] + (u * counts[sample_part]).long()]
+    points = vertices[faces[sample_face]].to(torch.float64).mean(dim=1)  # (S, 3) face centroids
     # 2. Winding number of the other parts at each sample, and the vote.
-    w = np.rint(ray_winding(vertices, faces, points, face_part, sample_part))
-    opposed = w * np.sign(volume[sample_part]) <= -1
-    votes = np.bincount(sample_part, weights=opposed, minlength=n_parts)
-    return oriented & (votes >= MAJORITY * np.maximum(take, 1))  # a part without faces gets no votes
+    w = torch.round(ray_winding(vertices, faces, points, face_part, sample_part))
+    opposed = w * torch.sign(volume[sample_part]) <= -1
+    votes = torch.zeros(n_parts, dtype=torch.float64, device=device).index_add_(0, sample_part, opposed.double())
+    return oriented & (votes >= MAJORITY * take.clamp(min=1))  # a part without faces gets no votes
 
 
-def ray_winding(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray,
-                face_part: np.ndarray | None = None, point_part: np.ndarray | None = None) -> np.ndarray:
-    """Winding number (float, integral for closed surfaces) of `faces` around each of `points` (S, 3).
+def ray_winding(vertices: torch.Tensor, faces: torch.Tensor, points: torch.Tensor,
+                face_part: torch.Tensor | None = None, point_part: torch.Tensor | None = None) -> torch.Tensor:
+    """Winding number (float64, integral for closed surfaces) of `faces` around each of `points` (S, 3): (S,).
 
-    With face_part (F,) and point_part (S,), a point only counts the faces of parts other than its own (so a
-    point sampled on a surface does not count that surface). Faces wound counter-clockwise seen from outside
-    give +1 inside a closed surface.
+    vertices (V, 3) float, faces (F, 3) int64, on one device. With face_part (F,) and point_part (S,), a point
+    only counts the faces of parts other than its own (so a point sampled on a surface does not count that
+    surface). Faces wound counter-clockwise seen from outside give +1 inside a closed surface.
     """
-    q = np.asarray(points, np.float64) @ RAY_FRAME.T  # (S, 3): u, w across the ray, t along it
+    frame = torch.as_tensor(RAY_FRAME, dtype=torch.float64, device=vertices.device)
+    q = points.to(torch.float64) @ frame.T  # (S, 3): u, w across the ray, t along it
     pair_face, pair_point = _face_point_pairs(vertices, faces, q[:, :2])
     if point_part is not None and face_part is not None:
-        other = face_part[pair_face] != point_part[pair_point]
-        pair_face, pair_point = pair_face[other], pair_point[other]
+        other = torch.nonzero(face_part.index_select(0, pair_face) != point_part.index_select(0, pair_point))
+        pair_face, pair_point = pair_face.index_select(0, other[:, 0]), pair_point.index_select(0, other[:, 0])
     # Does the ray from the point cross the face? Barycentric coordinates in the (u, w) plane, then depth.
-    corners = faces[pair_face]  # (M, 3)
-    a, b, c = (vertices[corners[:, k]].astype(np.float64) @ RAY_FRAME.T for k in range(3))  # (M, 3) each
-    x = q[pair_point]  # (M, 3)
+    corners = faces.index_select(0, pair_face)  # (M, 3)
+    a, b, c = (vertices.index_select(0, corners[:, k]).to(torch.float64) @ frame.T for k in range(3))  # (M, 3)
+    x = q.index_select(0, pair_point)  # (M, 3)
     area2 = _cross2(b - a, c - a)  # (M,) twice the signed projected area; its sign is that of normal . d
     la = _cross2(c - b, x - b)
     lb = _cross2(a - c, x - c)
     lc = _cross2(b - a, x - a)
-    s = np.sign(area2)
+    s = torch.sign(area2)
     inside = (la * s >= 0) & (lb * s >= 0) & (lc * s >= 0) & (area2 != 0)
-    depth = (la * a[:, 2] + lb * b[:, 2] + lc * c[:, 2]) / np.where(inside, area2, 1.0)
+    depth = (la * a[:, 2] + lb * b[:, 2] + lc * c[:, 2]) / torch.where(inside, area2, torch.ones_like(area2))
     crossed = inside & (depth > x[:, 2])
-    return np.bincount(pair_point[crossed], weights=s[crossed], minlength=q.shape[0])
+    return torch.zeros(q.shape[0], dtype=torch.float64, device=q.device).index_add_(
+        0, pair_point[crossed], s[crossed])
 
 
-def _face_point_pairs(vertices: np.ndarray, faces: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _face_point_pairs(vertices: torch.Tensor, faces: torch.Tensor, xy: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """(face, point) pairs that may meet across the ray: the point's 2D grid cell is one the face's box covers.
 
     xy (S, 2) are the points' (u, w). Cells are about twice the mean face size, so a face covers a few cells.
     Only integer cell numbers are gathered per face; a summed-area table of the cells that hold points then
-    skips, in one vectorised test, every face whose cells hold none (nearly all of them).
+    skips, in one vectorised test, every face whose cells hold none (nearly all of them). Host reads: the grid's
+    size, then the sizes of the arrays to come.
     """
-    u = vertices @ RAY_FRAME[0].astype(vertices.dtype)  # (V,) each; 1-D arrays reduce and index fastest
-    w = vertices @ RAY_FRAME[1].astype(vertices.dtype)
-    lo = np.array([min(u.min(), xy[:, 0].min()), min(w.min(), xy[:, 1].min())], np.float64)
-    span = max(max(u.max(), xy[:, 0].max()) - lo[0], max(w.max(), xy[:, 1].max()) - lo[1]) + 1e-12
+    frame = torch.as_tensor(RAY_FRAME[:2], dtype=torch.float64, device=vertices.device)
+    v64 = vertices.to(torch.float64)
+    u, w = v64 @ frame[0], v64 @ frame[1]  # (V,) each; 1-D tensors reduce and index fastest
     few = faces[:: max(1, faces.shape[0] // 4096)]  # mean face size from a spread-out subset of the faces
-    extent = np.maximum(np.ptp(u[few], axis=1), np.ptp(w[few], axis=1))
-    size = max(2.0 * float(extent.mean()), span / MAX_GRID)
+    extent = torch.maximum(_ptp(u[few]), _ptp(w[few])).mean()
+    bounds = torch.stack([torch.minimum(u.min(), xy[:, 0].min()), torch.minimum(w.min(), xy[:, 1].min()),
+                          torch.maximum(u.max(), xy[:, 0].max()), torch.maximum(w.max(), xy[:, 1].max()), extent])
+    u_lo, w_lo, u_hi, w_hi, extent = bounds.tolist()  # the first host read
+    span = max(u_hi - u_lo, w_hi - w_lo) + 1e-12
+    size = max(2.0 * extent, span / MAX_GRID)
     n = int(span / size) + 2
-    # Cell numbers fit int16 (n <= MAX_GRID + 2): small arrays that stay in cache for the gathers below.
-    cu = ((u - lo[0]) / size).astype(np.int16)  # (V,), truncation = floor for these non-negative values
-    cw = ((w - lo[1]) / size).astype(np.int16)
-    point_cell = np.floor((xy - lo) / size).astype(np.int64)  # (S, 2)
-    f0, f1, f2 = faces[:, 0], faces[:, 1], faces[:, 2]
-    u0, u1, u2, w0, w1, w2 = cu[f0], cu[f1], cu[f2], cw[f0], cw[f1], cw[f2]
-    i0 = np.minimum(np.minimum(u0, u1), u2).astype(np.intp)  # (F,) cell rectangle of each face, inclusive
-    i1 = np.maximum(np.maximum(u0, u1), u2).astype(np.intp) + 1  # ... exclusive from here on
-    j0 = np.minimum(np.minimum(w0, w1), w2).astype(np.intp)
-    j1 = np.maximum(np.maximum(w0, w1), w2).astype(np.intp) + 1
+    cu = ((u - u_lo) / size).to(torch.int32)  # (V,), truncation = floor for these non-negative values
+    cw = ((w - w_lo) / size).to(torch.int32)
+    lo = torch.tensor([u_lo, w_lo], dtype=torch.float64, device=xy.device)
+    point_cell = torch.floor((xy - lo) / size).long()  # (S, 2)
+    # Per face: int32 cell numbers (n + 1)^2 < 2^31, gathered with index_select (on the CPU several times
+    # faster than cu[faces]), so the passes over all faces move as few bytes as they can.
+    flat = faces.reshape(-1)
+    cu_f, cw_f = cu.index_select(0, flat).view(-1, 3), cw.index_select(0, flat).view(-1, 3)  # (F, 3) each
+    i0, i1 = cu_f.amin(1), cu_f.amax(1).add_(1)  # (F,) cell rectangle of each face, i1/j1 exclusive
+    j0, j1 = cw_f.amin(1), cw_f.amax(1).add_(1)
     # Faces whose cell rectangle holds a point: summed-area table of point counts, (n + 1, n + 1), read flat.
-    held = np.zeros((n + 1, n + 1), np.int32)
-    np.add.at(held, (point_cell[:, 0] + 1, point_cell[:, 1] + 1), 1)
-    table = held.cumsum(axis=0).cumsum(axis=1).ravel()
+    held = torch.bincount((point_cell[:, 0] + 1) * (n + 1) + point_cell[:, 1] + 1, minlength=(n + 1) ** 2)
+    table = held.view(n + 1, n + 1).cumsum(0).cumsum(1).reshape(-1).int()
     row0, row1 = i0 * (n + 1), i1 * (n + 1)
-    hits = table[row1 + j1] - table[row0 + j1] - table[row1 + j0] + table[row0 + j0]
-    face = np.flatnonzero(hits)
-    i1, j1 = i1[face] - 1, j1[face] - 1
+    hits = table.index_select(0, row1 + j1)
+    hits -= table.index_select(0, row0 + j1)
+    hits -= table.index_select(0, row1 + j0)
+    hits += table.index_select(0, row0 + j0)
+    face = torch.nonzero(hits).squeeze(1)
+    i0, j0, i1, j1 = (x.index_select(0, face).long() for x in (i0, j0, i1 - 1, j1 - 1))
     # Expand those faces to their cells, keep the cells with points, then pair with each point of the cell.
-    i0, j0 = i0[face].astype(np.int64), j0[face].astype(np.int64)
     width = j1 - j0 + 1
     cells_per_face = (i1 - i0 + 1) * width
-    k = _ranges(np.zeros_like(cells_per_face), cells_per_face)
-    face, i0, j0, width = (np.repeat(x, cells_per_face) for x in (face, i0, j0, width))
+    k = _ranges(torch.zeros_like(cells_per_face), cells_per_face)
+    face, i0, j0, width = (torch.repeat_interleave(x, cells_per_face) for x in (face, i0, j0, width))
     key = (i0 + k // width) * n + j0 + k % width
-    point_key = point_cell[:, 0] * n + point_cell[:, 1]
-    order = np.argsort(point_key, kind="stable")
-    sorted_keys = point_key[order]
-    start = np.searchsorted(sorted_keys, key, side="left")
-    count = np.searchsorted(sorted_keys, key, side="right") - start
-    return np.repeat(face, count), order[_ranges(start, count)]
+    sorted_keys, order = torch.sort(point_cell[:, 0] * n + point_cell[:, 1], stable=True)
+    start = torch.searchsorted(sorted_keys, key, side="left")
+    count = torch.searchsorted(sorted_keys, key, side="right") - start
+    return torch.repeat_interleave(face, count), order[_ranges(start, count)]
 
 
-def _ranges(start: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """Concatenation of arange(start[i], start[i] + count[i]) over i, vectorised."""
+def _ranges(start: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Concatenation of arange(start[i], start[i] + count[i]) over i, vectorised (one host read: the total)."""
     total = int(count.sum())
     if total == 0:
-        return np.zeros(0, np.int64)
-    offset = np.cumsum(count) - count  # where each range begins in the output
-    return np.arange(total, dtype=np.int64) - np.repeat(offset - start, count)
+        return torch.zeros(0, dtype=torch.int64, device=count.device)
+    offset = torch.cumsum(count, 0) - count  # where each range begins in the output
+    return (torch.arange(total, dtype=torch.int64, device=count.device)
+            - torch.repeat_interleave(offset - start, count, output_size=total))
 
 
-def _cross2(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """z of the cross product of the (u, w) parts of (M, >=2) arrays."""
+def _ptp(x: torch.Tensor) -> torch.Tensor:
+    """Peak to peak along the last axis."""
+    return x.amax(-1) - x.amin(-1)
+
+
+def _cross2(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """z of the cross product of the (u, w) parts of (M, >=2) tensors."""
     return u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]

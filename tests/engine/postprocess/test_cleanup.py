@@ -3,17 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from engine.assets import Mesh
 from engine.errors import InputError
-from engine.postprocess.cleanup import (
-    CleanupOptions,
-    clean_mesh,
-    directed_edge_matrix,
-    edge_defects,
-    fill_small_holes,
-    orient_faces,
-)
+from engine.postprocess.cleanup import CleanupOptions, HalfEdges, clean_mesh, fill_small_holes, orient_faces
 from engine.postprocess.procedural import noisy_sphere
 
 
@@ -23,8 +17,13 @@ def signed_volume(mesh: Mesh) -> float:
 
 
 def is_closed_and_consistent(mesh: Mesh) -> bool:
-    d = directed_edge_matrix(mesh.vertices.shape[0], mesh.faces.astype(np.int64))
-    return edge_defects(d).size == 0
+    return HalfEdges(torch.from_numpy(mesh.faces.astype(np.int64)), mesh.vertices.shape[0]).all_paired()
+
+
+def boundary_vertices(mesh: Mesh) -> np.ndarray:
+    """Start vertices of the half-edges that no other face shares."""
+    faces = torch.from_numpy(mesh.faces.astype(np.int64))
+    return faces.reshape(-1)[HalfEdges(faces, mesh.vertices.shape[0]).boundary()].numpy()
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +71,9 @@ def test_a_small_hole_is_filled_and_a_large_one_is_kept(sphere):
     options = CleanupOptions(max_hole_perimeter=0.2)  # the small loop: 8 edges, 10 % of the diagonal long
     out, report = clean_mesh(Mesh(clean.vertices, clean.faces[~(small | large)], clean.vertex_colors), options)
     assert report.filled_holes == 1
-    d = directed_edge_matrix(out.vertices.shape[0], out.faces.astype(np.int64))
-    boundary_vertices = edge_defects(d)
-    assert boundary_vertices.size > 0  # the large hole is still open
-    assert np.all(out.vertices[boundary_vertices] @ side > 0.2)  # ... and only it
+    open_vertices = boundary_vertices(out)
+    assert open_vertices.size > 0  # the large hole is still open
+    assert np.all(out.vertices[open_vertices] @ side > 0.2)  # ... and only it
     centre_vertex = out.vertices[-1]  # appended by the fill
     assert np.linalg.norm(centre_vertex[:2]) < 0.01 and centre_vertex[2] > 0.3  # it closes the top cap
 
@@ -86,7 +84,9 @@ def test_hole_fill_continues_the_winding_of_the_neighbours():
     inner = np.array([[1, 1, 0], [2, 1, 0], [2, 2, 0], [1, 2, 0]], np.float64)
     v = np.concatenate([outer, inner])
     f = np.array([[0, 1, 5], [0, 5, 4], [1, 2, 6], [1, 6, 5], [2, 3, 7], [2, 7, 6], [3, 0, 4], [3, 4, 7]])
-    v2, f2, _, filled = fill_small_holes(v, f, None, max_edges=10, max_perimeter=5.0)
+    v2, f2, _, filled = fill_small_holes(torch.from_numpy(v), torch.from_numpy(f), None, max_edges=10,
+                                         max_perimeter=5.0)
+    v2, f2 = v2.numpy(), f2.numpy()
     assert filled == 1 and f2.shape[0] == f.shape[0] + 4
     normals = np.cross(v2[f2[:, 1]] - v2[f2[:, 0]], v2[f2[:, 2]] - v2[f2[:, 0]])
     assert np.all(normals[:, 2] > 0)  # every face, old and new, faces +z
@@ -106,8 +106,10 @@ def test_orientation_survives_a_moebius_strip():
     top_j = np.where(j == 0, n, j)
     bot_j = np.where(j == 0, 0, n + j)
     f = np.concatenate([np.stack([i, n + i, top_j], 1), np.stack([n + i, bot_j, top_j], 1)])
-    faces, flipped = orient_faces(v.shape[0], f)
-    assert faces.shape == f.shape and 0 <= flipped <= f.shape[0]
+    faces, flipped = orient_faces(torch.from_numpy(f), v.shape[0])
+    assert faces.shape == f.shape and flipped.shape == (f.shape[0],)
+    # the strip keeps its faces, each with its own three vertices
+    np.testing.assert_array_equal(np.sort(faces.numpy(), axis=1), np.sort(f, axis=1))
 
 
 def test_nan_vertices_take_their_faces_with_them(sphere):

@@ -1,6 +1,8 @@
 """Inner walls: the inward surface that interior pruning leaves inside decoder meshes goes; real geometry stays."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -9,13 +11,7 @@ from engine.assets import Mesh
 from engine.flexicubes import CORNER_OFFSETS
 from engine.mesh_extraction import features_to_mesh
 from engine.occupancy import keep_surface
-from engine.postprocess.cleanup import (
-    CleanupOptions,
-    clean_mesh,
-    directed_edge_matrix,
-    edge_defects,
-    part_stats,
-)
+from engine.postprocess.cleanup import CleanupOptions, HalfEdges, clean_mesh, part_stats
 from engine.postprocess.closest import SurfaceQuery
 from engine.postprocess.enclosed import ray_winding
 from engine.postprocess.procedural import bump_radius, noisy_sphere
@@ -83,11 +79,13 @@ SOLIDS = {
 # ---------------------------------------------------------------------------------------------------- helpers
 
 def is_closed_and_consistent(mesh: Mesh) -> bool:
-    return edge_defects(directed_edge_matrix(mesh.vertices.shape[0], mesh.faces.astype(np.int64))).size == 0
+    return HalfEdges(torch.from_numpy(mesh.faces.astype(np.int64)), mesh.vertices.shape[0]).all_paired()
 
 
-def stats(mesh: Mesh):
-    return part_stats(mesh.vertices.astype(np.float64), mesh.faces.astype(np.int64))
+def stats(mesh: Mesh) -> SimpleNamespace:
+    """`part_stats` as numpy arrays: labels (V,), count, area and volume (P,)."""
+    s = part_stats(torch.from_numpy(mesh.vertices.astype(np.float64)), torch.from_numpy(mesh.faces.astype(np.int64)))
+    return SimpleNamespace(labels=s.labels.numpy(), count=s.count, area=s.area.numpy(), volume=s.volume.numpy())
 
 
 def part_faces(mesh: Mesh, which) -> Mesh:
@@ -281,12 +279,13 @@ def test_ray_winding_counts_nested_and_inverted_closed_surfaces():
     in_big, clear_big = inside_ball(points)
     in_small, clear_small = inside_ball(small_points)
     clear = clear_big & clear_small  # away from both surfaces (the tessellation is within 0.01)
-    w = ray_winding(mesh.vertices, mesh.faces.astype(np.int64), points[clear])
+    vertices, faces = torch.from_numpy(mesh.vertices), torch.from_numpy(mesh.faces.astype(np.int64))
+    w = ray_winding(vertices, faces, torch.from_numpy(points[clear])).numpy()
     np.testing.assert_array_equal(w, in_big[clear].astype(float) - in_small[clear])
     assert in_small[clear].sum() > 20 and (in_big & ~in_small)[clear].sum() > 200  # every case is exercised
 
     # Points that belong to a part do not count that part's own faces.
-    face_part = np.repeat([0, 1], [big.faces.shape[0], small_inward.faces.shape[0]])
-    w_other = ray_winding(mesh.vertices, mesh.faces.astype(np.int64), points[clear], face_part,
-                          np.ones(int(clear.sum()), np.int64))
+    face_part = torch.from_numpy(np.repeat([0, 1], [big.faces.shape[0], small_inward.faces.shape[0]]))
+    w_other = ray_winding(vertices, faces, torch.from_numpy(points[clear]), face_part,
+                          torch.ones(int(clear.sum()), dtype=torch.int64)).numpy()
     np.testing.assert_array_equal(w_other, in_big[clear].astype(float))
