@@ -26,22 +26,16 @@ give each node the smallest node of its component, so every later step is the sa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Callable
 
 import numpy as np
 import torch
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from ..assets import Mesh
 from ..errors import InputError
+from .components import component_roots
 from .enclosed import find_inner_walls
-
-# How `component_roots` searches on the CPU: "scipy" (linear-time search, ~3x faster there than the union-find
-# on one thread) or "union-find" (what other devices run; tests set it to check both agree).
-CPU_COMPONENTS = "scipy"
-
+from .half_edges import HalfEdges
 
 @dataclass(frozen=True)
 class CleanupOptions:
@@ -328,82 +322,6 @@ def drop_unused_vertices(vertices, faces, colors=None):
 
 
 # ------------------------------------------------------------------------------------------------- structures
-
-class HalfEdges:
-    """The half-edges of a face list sorted by (undirected edge, direction): one sort serves every edge query.
-
-    Half-edge h = 3 f + k runs from corner k of face f to corner k + 1; its sort key is 2 (low V + high) + d with
-    d = 1 when it runs high -> low, so the half-edges of an edge sit together, low -> high ones first, each
-    direction in half-edge order.
-    """
-
-    def __init__(self, faces: torch.Tensor, n_vertices: int):
-        a, b = faces.reshape(-1), faces.roll(-1, 1).reshape(-1)  # (H,) starts and ends
-        # 2 (low V + high) + (a > b), in place (each big temporary costs as much as the arithmetic on the CPU)
-        key = torch.minimum(a, b).mul_(2 * n_vertices).add_(torch.maximum(a, b), alpha=2).add_(a > b)
-        self.key, self.order = torch.sort(key, stable=True)  # (H,) each
-
-    def all_paired(self) -> bool:
-        """Does every edge have exactly one half-edge each way (closed, manifold and consistently wound)?"""
-        k = self.key
-        if k.shape[0] % 2:
-            return False
-        return bool((((k[0::2] & 1) == 0) & (k[1::2] == k[0::2] + 1)).all())
-
-    @cached_property
-    def runs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(first (E,), count (E,)): where each edge's half-edges start in the sorted order, and how many."""
-        edge = self.key >> 1
-        new = torch.ones_like(edge, dtype=torch.bool)
-        new[1:] = edge[1:] != edge[:-1]
-        first = torch.nonzero(new).squeeze(1)
-        return first, torch.diff(first, append=first.new_tensor([edge.shape[0]]))
-
-    def manifold_pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """For each edge with exactly two half-edges: their faces (f, g) and whether they run the same way."""
-        first, count = self.runs
-        two = first[count == 2]
-        same = (self.key[two] & 1) == (self.key[two + 1] & 1)
-        return self.order[two] // 3, self.order[two + 1] // 3, same
-
-    def boundary(self) -> torch.Tensor:
-        """(H,) bool in half-edge order: the half-edges whose edge no other half-edge uses."""
-        first, count = self.runs
-        single = torch.zeros_like(self.order, dtype=torch.bool)
-        single[self.order[first[count == 1]]] = True
-        return single
-
-
-def component_roots(n: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """(n,) the smallest node of each node's connected component; the graph has undirected edges (u[i], v[i]).
-
-    CPU: scipy's breadth-first search (`CPU_COMPONENTS`). Elsewhere: union-find rounds. Each round, every root
-    with an edge to another tree hooks onto the smallest root across such an edge (a scatter-min; pointers only
-    go down, so no cycle forms), then pointer jumping (parent = parent[parent]) flattens every tree again, and
-    edges inside one tree are dropped for good. Meshes need a handful of rounds; each has a few host reads.
-    """
-    device = u.device
-    if device.type == "cpu" and CPU_COMPONENTS == "scipy":
-        graph = coo_matrix((np.ones(u.shape[0], np.int8), (u.numpy(), v.numpy())), shape=(n, n))
-        count, labels = connected_components(graph, directed=False)
-        labels = torch.from_numpy(labels.astype(np.int64))
-        smallest = torch.full((count,), n, dtype=torch.int64).scatter_reduce_(0, labels, torch.arange(n), "amin")
-        return _gather(smallest, labels)
-    parent = torch.arange(n, device=device)
-    while u.shape[0]:
-        ru, rv = _gather(parent, u), _gather(parent, v)  # roots: every tree is flat here
-        across = torch.nonzero(ru != rv).squeeze(1)
-        if across.shape[0] == 0:
-            break
-        u, v, ru, rv = (x.index_select(0, across) for x in (u, v, ru, rv))
-        parent.scatter_reduce_(0, torch.maximum(ru, rv), torch.minimum(ru, rv), "amin")
-        while True:
-            grand = _gather(parent, parent)
-            if torch.equal(grand, parent):
-                break
-            parent = grand
-    return parent
-
 
 def part_stats(vertices: torch.Tensor, faces: torch.Tensor, labels: torch.Tensor | None = None,
                count: int | None = None) -> PartStats:

@@ -7,7 +7,8 @@ import torch
 
 from engine.assets import Mesh
 from engine.errors import InputError
-from engine.postprocess.cleanup import CleanupOptions, HalfEdges, clean_mesh, fill_small_holes, orient_faces
+from engine.postprocess.cleanup import CleanupOptions, clean_mesh, fill_small_holes, orient_faces
+from engine.postprocess.half_edges import HalfEdges
 from engine.postprocess.procedural import noisy_sphere
 
 

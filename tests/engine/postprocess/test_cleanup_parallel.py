@@ -1,7 +1,7 @@
 """Clean-up's parallel algorithms (what a GPU runs) give the CPU path's results, checked on the CPU.
 
 On CUDA, connected components and face orientation run as union-find rounds in torch; on the CPU they use
-scipy. Here the union-find runs on the CPU (`cleanup.CPU_COMPONENTS`) against scipy, on random graphs and on
+scipy. Here the union-find runs on the CPU (`components.CPU_COMPONENTS`) against scipy, on random graphs and on
 random raw-like meshes with every defect clean-up handles; where a GPU is present, CUDA runs against the CPU.
 """
 from __future__ import annotations
@@ -13,16 +13,16 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from engine.assets import Mesh
-from engine.postprocess import cleanup
+from engine.postprocess import components
 from engine.postprocess.cleanup import (
     CleanupOptions,
-    HalfEdges,
     clean_mesh,
-    component_roots,
     drop_degenerate_faces,
     orient_faces,
     part_stats,
 )
+from engine.postprocess.components import component_roots
+from engine.postprocess.half_edges import HalfEdges
 from engine.postprocess.procedural import noisy_sphere
 
 SEEDS = [0, 1, 2, 3]
@@ -32,7 +32,7 @@ OPTIONS = CleanupOptions(max_hole_perimeter=0.5)  # the test meshes are coarse: 
 @pytest.fixture(params=["scipy", "union-find"])
 def search(request, monkeypatch) -> str:
     """Run the test with each way `component_roots` searches on the CPU."""
-    monkeypatch.setattr(cleanup, "CPU_COMPONENTS", request.param)
+    monkeypatch.setattr(components, "CPU_COMPONENTS", request.param)
     return request.param
 
 
@@ -98,7 +98,7 @@ def test_union_find_gives_each_node_the_smallest_node_of_its_component(seed, mon
     swap = rng.random(u.shape[0]) < 0.5
     u, v = np.where(swap, v, u), np.where(swap, u, v)
     expected = graph_roots_by_scipy(n, u, v)
-    monkeypatch.setattr(cleanup, "CPU_COMPONENTS", "union-find")
+    monkeypatch.setattr(components, "CPU_COMPONENTS", "union-find")
     roots = component_roots(n, torch.from_numpy(u), torch.from_numpy(v)).numpy()
     np.testing.assert_array_equal(roots, expected)
     assert len(np.unique(roots)) > 10  # many components, not one
@@ -147,7 +147,7 @@ def test_union_find_and_scipy_clean_a_raw_like_mesh_the_same(seed, monkeypatch):
     mesh, _ = raw_like_mesh(seed, flip_share=0.3 if seed % 2 else 0.01)
     results = {}
     for search in ("scipy", "union-find"):
-        monkeypatch.setattr(cleanup, "CPU_COMPONENTS", search)
+        monkeypatch.setattr(components, "CPU_COMPONENTS", search)
         results[search] = clean_mesh(mesh, OPTIONS)
     (a, report_a), (b, report_b) = results.values()
     assert_same_mesh(a, b)

@@ -11,7 +11,8 @@ from engine.assets import Mesh
 from engine.flexicubes import CORNER_OFFSETS
 from engine.mesh_extraction import features_to_mesh
 from engine.occupancy import keep_surface
-from engine.postprocess.cleanup import CleanupOptions, HalfEdges, clean_mesh, part_stats
+from engine.postprocess.cleanup import CleanupOptions, clean_mesh, part_stats
+from engine.postprocess.half_edges import HalfEdges
 from engine.postprocess.closest import SurfaceQuery
 from engine.postprocess.enclosed import ray_winding
 from engine.postprocess.procedural import bump_radius, noisy_sphere
