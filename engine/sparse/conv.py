@@ -1,4 +1,4 @@
-"""Submanifold sparse 3-D convolution (what spconv's `SubMConv3d` computes), by neighbour gather + matmul.
+"""Submanifold sparse 3-D convolution (what spconv's `SubMConv3d` computes), by one neighbour gather + one matmul.
 
 Shapes: N voxels, Ci / Co input / output channels, K kernel size (3 or 1), K3 = K^3 kernel offsets.
 
@@ -8,6 +8,15 @@ Weights use spconv's layout `(Co, K, K, K, Ci)` and live in a child module, so t
 Orientation (measured against spconv, see the parity README): cross-correlation,
     out[p] = b + sum_{i,j,k} W[:, i, j, k, :] @ in[p + (i-1, j-1, k-1)]      (absent neighbours count as 0)
 with (i, j, k) indexing (x, y, z). Output rows are the input rows (submanifold: same voxels, same order).
+
+How: a neighbour table (N, K3) holds, per voxel and offset, the row of that neighbour, or N for an absent one,
+which reads a zero row appended to the features. Gathering the table's rows gives (N, K3*Ci) with offsets
+major and channels minor, which is exactly the weight's memory read as (Co, K3*Ci); so the whole conv is one
+gather and one (N, K3*Ci) @ (K3*Ci, Co) product, done in row chunks of at most GATHER_CHUNK_ELEMENTS gathered
+elements (the mesh decoder's 256^3 convs would otherwise gather tens of GiB). The table is cached per voxel set.
+On a GPU, when Co < Ci, the product comes first instead: (N+1, Ci) @ (Ci, K3*Co) gives every voxel's
+contribution to each of its neighbours, and one gather-and-sum (`embedding_bag`) of the table's K3 rows per voxel
+gives the output, moving K3*Co instead of K3*Ci values per voxel (stage 2's 2048 -> 128 conv moves 16x less).
 
 The 1x1x1 quirk: spconv evaluates a kernel-size-1 SubMConv3d as `x @ W.view(Ci, Co)`, i.e. it reinterprets
 the memory of the stored (Co, 1, 1, 1, Ci) weight as a (Ci, Co) matrix (not a transpose). The official mesh
@@ -19,13 +28,24 @@ import itertools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
 from .tensor import SparseTensor, coordinate_keys
 
-# Upper bound on the elements of one gathered (rows, Ci) block; bigger neighbour lists are done in chunks.
+# Upper bound on the elements of one gathered (rows, K3*Ci) block (256 MiB in bf16); more rows go in chunks.
 GATHER_CHUNK_ELEMENTS = 1 << 27
+# On the CPU a smaller bound (4 MiB in float32): a block that stays in cache is gathered several times faster
+# than a fresh 100+ MiB one, whose page faults alone cost more than the matmul (measured, one thread).
+CPU_GATHER_CHUNK_ELEMENTS = 1 << 20
+# When Co < Ci on a GPU, multiply first and gather-sum the (N+1, K3*Co) products instead (fewer bytes moved),
+# if that block has at most this many elements (512 MiB in bf16). Not on the CPU, where it measured slower.
+PRODUCT_FIRST_ELEMENTS = 1 << 28
+CPU_PRODUCT_FIRST_ELEMENTS = 0
+# Neighbour tables are looked up in a dense (B, X, Y, Z) grid of row numbers up to this many cells (256 MiB of
+# int32, three padded 256^3 grids); larger bounding boxes fall back to a binary search.
+DENSE_LOOKUP_CELLS = 1 << 26
 
 
 class SparseConv3d(nn.Module):
@@ -42,28 +62,32 @@ class SparseConv3d(nn.Module):
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         weight, bias = self.conv.weight, self.conv.bias
+        if x.feats.shape[-1] != self.in_channels:
+            raise InputError(f"SparseConv3d expects {self.in_channels} input channels, got {x.feats.shape[-1]}")
         feats = x.feats.to(weight.dtype)  # (N, Ci)
-        if feats.shape[-1] != self.in_channels:
-            raise InputError(f"SparseConv3d expects {self.in_channels} input channels, got {feats.shape[-1]}")
         if self.kernel_size == 1:
             # spconv's 1x1 quirk: the (Co,1,1,1,Ci) memory read as a (Ci, Co) matrix.
             out = feats @ weight.contiguous().view(self.in_channels, self.out_channels)  # (N, Co)
             return x.replace(out if bias is None else out + bias)
-        kernels = weight.reshape(self.out_channels, -1, self.in_channels)  # (Co, K3, Ci)
-        pairs = submanifold_neighbours(x, self.kernel_size)
-        centre = len(pairs) // 2
-        out = (feats @ kernels[:, centre].t()).float()  # (N, Co) float32 accumulator; centre = every voxel itself
-        rows_per_chunk = max(1, GATHER_CHUNK_ELEMENTS // max(1, self.in_channels))
-        for offset, (src, dst) in enumerate(pairs):
-            if offset == centre or src.numel() == 0:
-                continue
-            kernel_t = kernels[:, offset].t()  # (Ci, Co)
-            for start in range(0, src.numel(), rows_per_chunk):
-                s, d = src[start:start + rows_per_chunk], dst[start:start + rows_per_chunk]
-                out.index_add_(0, d, (feats.index_select(0, s) @ kernel_t).float())
-        if bias is not None:
-            out = out + bias.float()
-        return x.replace(out.to(weight.dtype))
+        table = submanifold_neighbour_table(x, self.kernel_size)  # (N, K3) int32, N = absent
+        n, taps = table.shape
+        padded = torch.cat([feats, feats.new_zeros(1, self.in_channels)])  # (N+1, Ci); row N is the zero row
+        cpu = feats.device.type == "cpu"
+        product_bound = CPU_PRODUCT_FIRST_ELEMENTS if cpu else PRODUCT_FIRST_ELEMENTS
+        if self.out_channels < self.in_channels and (n + 1) * taps * self.out_channels <= product_bound:
+            return x.replace(_matmul_then_gather_sum(padded, table, weight, bias))
+        matrix = weight.reshape(self.out_channels, taps * self.in_channels).t()  # (K3*Ci, Co), a view
+        bound = min(GATHER_CHUNK_ELEMENTS, CPU_GATHER_CHUNK_ELEMENTS) if cpu else GATHER_CHUNK_ELEMENTS
+        rows_per_chunk = max(1, bound // (taps * self.in_channels))
+        if n <= rows_per_chunk:
+            return x.replace(_gather_matmul(padded, table, matrix, bias))
+        out = feats.new_empty(n, self.out_channels)  # (N, Co)
+        for start in range(0, n, rows_per_chunk):
+            # Slice assignment (not `out=`) so autograd still sees every chunk when training.
+            out[start:start + rows_per_chunk] = _gather_matmul(
+                padded, table[start:start + rows_per_chunk], matrix, bias
+            )
+        return x.replace(out)
 
 
 class ConvWeights(nn.Module):
@@ -84,18 +108,38 @@ class ConvWeights(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
 
-def submanifold_neighbours(x: SparseTensor, kernel_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """For each of the K^3 kernel offsets (i, j, k) in weight order, the pairs (src, dst) of int32 row indices
-    with coords[src] = coords[dst] + (i, j, k) - K//2 (same batch item). Cached on the voxel set."""
-    return x.cached(("submanifold_neighbours", kernel_size), lambda: _build_neighbours(x.coords, kernel_size))
+def submanifold_neighbour_table(x: SparseTensor, kernel_size: int) -> torch.Tensor:
+    """(N, K^3) int32: entry [p, o] is the row q with coords[q] = coords[p] + (i, j, k) - K//2 (same batch item)
+    for the o-th offset (i, j, k) in weight order, or N where no voxel sits there. Cached on the voxel set."""
+    return x.cached(("submanifold_neighbour_table", kernel_size), lambda: _build_table(x.coords, kernel_size))
 
 
-def _build_neighbours(coords: torch.Tensor, kernel_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _gather_matmul(
+    padded: torch.Tensor, table: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """padded (N+1, Ci), table (R, K3), matrix (K3*Ci, Co) -> (R, Co)."""
+    gathered = padded.index_select(0, table.reshape(-1)).view(table.shape[0], matrix.shape[0])  # (R, K3*Ci)
+    return gathered @ matrix if bias is None else torch.addmm(bias, gathered, matrix)
+
+
+def _matmul_then_gather_sum(
+    padded: torch.Tensor, table: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """The same conv, product first: padded (N+1, Ci), table (N, K3), weight (Co, K, K, K, Ci) -> (N, Co)."""
+    n, taps = table.shape
+    co, ci = weight.shape[0], weight.shape[-1]
+    per_tap = weight.reshape(co, taps, ci).permute(2, 1, 0).reshape(ci, taps * co)  # (Ci, K3*Co)
+    products = (padded @ per_tap).view(-1, co)  # ((N+1)*K3, Co): row q*K3 + k = W_k @ in[q]; zero for q = N
+    rows = table * taps + torch.arange(taps, dtype=table.dtype, device=table.device)  # (N, K3) rows of products
+    out = F.embedding_bag(rows, products, mode="sum")  # (N, Co): one gather-and-sum, float32 accumulation inside
+    return out if bias is None else out + bias
+
+
+def _build_table(coords: torch.Tensor, kernel_size: int) -> torch.Tensor:
     n = coords.shape[0]
     radius = kernel_size // 2
     if n == 0:
-        empty = torch.zeros(0, dtype=torch.int32, device=coords.device)
-        return [(empty, empty)] * kernel_size**3
+        return torch.zeros((0, kernel_size**3), dtype=torch.int32, device=coords.device)
     lo = coords.min(dim=0).values.tolist()
     if min(lo) < 0:
         raise InputError("sparse coordinates must be non-negative (batch, x, y, z); shift them into the grid")
@@ -105,19 +149,24 @@ def _build_neighbours(coords: torch.Tensor, kernel_size: int) -> list[tuple[torc
     padded = coords.long()
     padded = torch.cat([padded[:, :1], padded[:, 1:] + radius], dim=1)  # (N, 4)
     keys = coordinate_keys(padded, extent)  # (N,) int64
+    deltas = [((i - radius) * extent[2] + (j - radius)) * extent[3] + (k - radius)
+              for i, j, k in itertools.product(range(kernel_size), repeat=3)]
+    cells = math.prod(extent)
+    if cells <= DENSE_LOOKUP_CELLS:
+        # A dense grid of row numbers (N = empty): each neighbour is one read, 3-10x faster than a search.
+        grid = torch.full((cells,), n, dtype=torch.int32, device=coords.device)
+        grid[keys] = torch.arange(n, dtype=torch.int32, device=coords.device)
+        steps = torch.tensor(deltas, dtype=torch.int32, device=coords.device)  # (K3,)
+        where = keys.int()[:, None] + steps  # (N, K3) cell of every neighbour; int32 as cells <= 2^26
+        return grid.index_select(0, where.view(-1)).view(n, len(deltas))
+    # A large, sparse bounding box: binary search in the sorted keys, with sorted queries (cache-friendly).
     sorted_keys, order = torch.sort(keys)
-    rows = torch.arange(n, device=coords.device, dtype=torch.int32)
-    pairs = []
-    for i, j, k in itertools.product(range(kernel_size), repeat=3):
-        di, dj, dk = i - radius, j - radius, k - radius
-        if di == dj == dk == 0:
-            pairs.append((rows, rows))
-            continue
-        delta = (di * extent[2] + dj) * extent[3] + dk
-        query = keys + delta  # (N,)
+    sorted_rows = order.int()
+    by_sorted = torch.empty((n, len(deltas)), dtype=torch.int32, device=coords.device)  # (N, K3) in key order
+    for offset, delta in enumerate(deltas):
+        query = sorted_keys + delta  # (N,) sorted
         pos = torch.searchsorted(sorted_keys, query).clamp_(max=n - 1)
-        found = sorted_keys[pos] == query
-        dst = found.nonzero().squeeze(1)
-        src = order[pos[dst]]
-        pairs.append((src.int(), dst.int()))
-    return pairs
+        by_sorted[:, offset] = torch.where(sorted_keys[pos] == query, sorted_rows[pos], n)
+    table = torch.empty_like(by_sorted)
+    table[order] = by_sorted
+    return table
