@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from . import frames, intrinsics as intrinsics_lib, noise as noise_lib
 from .assets import Mesh
 from .config import PipelineConfig, samplers_for
+from .cuda_graphs import CudaGraphBackend, GraphedVelocity
 from .depth import DEFAULT_WEIGHTS as DEFAULT_DEPTH_WEIGHTS
 from .depth import DepthEstimator
 from .errors import Cancelled, EngineError, InputError, OutOfMemoryError
@@ -37,7 +39,7 @@ from .pose import Pose, decode_pose
 from .postprocess import PostprocessOptions, make_artist_mesh
 from .preprocess import ObjectInputs, full_image, preprocess_object
 from .results import ObjectResult, ReconstructionResult
-from .sampling import SamplerSettings, sample
+from .sampling import SamplerSettings, VelocityFn, sample
 from .sparse.tensor import SparseTensor
 
 ProgressFn = Callable[[str, float], None]  # (stage name, fraction of that stage done in [0, 1])
@@ -71,12 +73,15 @@ class Pipeline:
         keep_loaded: bool = True,
         weights_id: str = "",
         depth_weights: str = DEFAULT_DEPTH_WEIGHTS,
+        cuda_graphs: bool = True,
     ):
         self.config = config
         self.device = _resolve_device(device)
         self.dtype = _resolve_dtype(dtype, self.device)
         self.models = ModelStore(config, provider, self.device, self.dtype, keep_loaded, weights_id or "the weights")
         self.flow_attention = FLOW_ATTENTION_KERNELS if self.device.type == "cuda" else ()
+        # Sampler steps replayed from CUDA graphs (`cuda_graphs.py`): CUDA only; turned off to compare with eager runs.
+        self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
         self.weights_id = weights_id  # where the weights came from (stored on Blender objects)
         # MoGe for photos without a pointmap; its own preset follows the pipeline's when its weights are random.
         moge_preset = "tiny" if config.preprocess.size < 518 else "official"
@@ -92,10 +97,12 @@ class Pipeline:
         keep_loaded: bool = True,
         seed: int = 0,
         depth_weights: str = DEFAULT_DEPTH_WEIGHTS,
+        cuda_graphs: bool = True,
         **source_options,
     ) -> Pipeline:
         """weights: a folder in the official release layout, `hf:REPO[@REV]`, or `random` (seeded by `seed`).
-        depth_weights: MoGe weights for photos given without a pointmap (see `depth.py`)."""
+        depth_weights: MoGe weights for photos given without a pointmap (see `depth.py`); cuda_graphs: replay the
+        flows' sampler steps from CUDA graphs (ignored off CUDA)."""
         from .weights.sources import open_source
 
         device_t = _resolve_device(device)
@@ -103,7 +110,7 @@ class Pipeline:
         # Converted weights are cached in the compute precision (float32 runs keep the files' own dtypes).
         source_options.setdefault("cache_dtype", None if dtype_t == torch.float32 else dtype_t)
         config, provider, weights_id = open_source(weights, preset_name, seed=seed, **source_options)
-        return cls(config, provider, device_t, dtype_t, keep_loaded, weights_id, depth_weights)
+        return cls(config, provider, device_t, dtype_t, keep_loaded, weights_id, depth_weights, cuda_graphs)
 
     # ---- the run ------------------------------------------------------------------------------------------------
 
@@ -220,11 +227,6 @@ class Pipeline:
         with run.stage("geometry"):
             flow = self.models.get("ss_flow")
             shapes = noise_lib.stage1_shapes(cfg.ss_flow.resolution, cfg.ss_flow.shape_channels)
-
-            def velocity(x, t, d, kv):
-                v = flow({k: a.to(self.dtype) for k, a in x.items()}, t, d=d, cond_kv=kv)
-                return {k: a.float() for k, a in v.items()}
-
             for n, (obj, cond) in enumerate(zip(objects, conds)):
                 x0 = (
                     noise_lib.check_stage1(obj.noise["stage1"], shapes)
@@ -232,12 +234,8 @@ class Pipeline:
                     else noise_lib.draw_stage1(shapes, obj.generator, self.device)
                 )
                 x0 = {k: v.to(self.device) for k, v in x0.items()}
-                kv = flow.condition_kv(cond)  # guided calls: the same keys/values + the unconditional constants
-                with attention_kernels(self.flow_attention):
-                    x1 = sample(
-                        velocity, x0, kv, settings, guided_condition=flow.guided_kv(kv),
-                        progress=run.steps("geometry", n, len(objects)), cancelled=run.cancelled,
-                    )  # fmt: skip
+                x1 = self.sample_geometry(flow, cond, x0, settings, run.steps("geometry", n, len(objects)),
+                                          run.cancelled)
                 obj.raw.update({f"stage1.{k}": v.float().cpu() for k, v in x1.items()})
             self.models.done_with("ss_flow")
 
@@ -287,21 +285,62 @@ class Pipeline:
                     if obj.noise is not None
                     else noise_lib.draw_stage2(count, channels, obj.generator, self.device)
                 )
-                slat_velocity = SlatVelocity(flow, obj.coords.to(self.device))
-
-                def velocity(x, t, d, kv, _v=slat_velocity):
-                    return _v(x.to(self.dtype), t, d, kv).float()
-
-                kv = flow.condition_kv(cond)  # guided calls: the same keys/values + the unconditional constants
-                with attention_kernels(self.flow_attention):
-                    x1 = sample(
-                        velocity, x0, kv, settings, guided_condition=flow.guided_kv(kv),
-                        progress=run.steps("texture", n, len(objects)), cancelled=run.cancelled,
-                    )  # fmt: skip
+                x1 = self.sample_texture(flow, cond, obj.coords, x0, settings, run.steps("texture", n, len(objects)),
+                                         run.cancelled)
                 obj.raw["stage2.x1_normalized"] = x1.float().cpu()
                 obj.slat = x1[0] * std + mean  # (N, 8)
                 obj.raw["slat_feats"] = obj.slat.cpu()
             self.models.done_with("slat_flow")
+
+    def sample_geometry(
+        self,
+        flow: nn.Module,
+        cond: torch.Tensor,
+        noise: dict[str, torch.Tensor],
+        settings: SamplerSettings,
+        progress: Callable[[int, int, object], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One object's stage-1 sampling run: the SS flow `flow` from `noise` {modality: (1, L, c)} float32 on the
+        device, conditioned on `cond` (1, T, C) -> the latents {modality: (1, L, c)} float32."""
+
+        def velocity(x, t, d, kv):
+            v = flow({k: a.to(self.dtype) for k, a in x.items()}, t, d=d, cond_kv=kv)
+            return {k: a.float() for k, a in v.items()}
+
+        kv = flow.condition_kv(cond)  # guided calls: the same keys/values + the unconditional constants
+        with attention_kernels(self.flow_attention), self._steps(velocity) as step:
+            return sample(step, noise, kv, settings, guided_condition=flow.guided_kv(kv), progress=progress,
+                          cancelled=cancelled)
+
+    def sample_texture(
+        self,
+        flow: nn.Module,
+        cond: torch.Tensor,
+        coords: torch.Tensor,
+        noise: torch.Tensor,
+        settings: SamplerSettings,
+        progress: Callable[[int, int, object], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> torch.Tensor:
+        """One object's stage-2 sampling run: the SLAT flow `flow` on the voxels `coords` (N, 4) from `noise`
+        (1, N, C) float32 on the device, conditioned on `cond` (1, T, C) -> the normalised latent (1, N, C) float32."""
+        slat_velocity = SlatVelocity(flow, coords.to(self.device))  # caches the voxel maps for the whole run
+
+        def velocity(x, t, d, kv):
+            return slat_velocity(x.to(self.dtype), t, d, kv).float()
+
+        kv = flow.condition_kv(cond)  # guided calls: the same keys/values + the unconditional constants
+        with attention_kernels(self.flow_attention), self._steps(velocity) as step:
+            return sample(step, noise, kv, settings, guided_condition=flow.guided_kv(kv), progress=progress,
+                          cancelled=cancelled)
+
+    def _steps(self, velocity: VelocityFn) -> AbstractContextManager[VelocityFn]:
+        """The velocity the sampler calls: replayed from CUDA graphs when on, freed when the run leaves. One per
+        object: the graphs read that object's keys/values."""
+        if not self.cuda_graphs:
+            return nullcontext(velocity)
+        return GraphedVelocity(velocity, CudaGraphBackend(self.device))
 
     def _decode(self, objects: list[_Object], outputs: tuple[str, ...], run: _Run) -> list[ObjectResult]:
         results = [

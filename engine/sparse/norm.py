@@ -29,7 +29,9 @@ class SparseGroupNorm(nn.GroupNorm):
             normed = centred * torch.rsqrt(var + self.eps)[None, :, None]
         else:
             batch = x.batch_index  # (N,)
-            counts = torch.bincount(batch, minlength=x.batch_size).float() * (c // g)  # (B,) elements per stat
+            # Voxels per item, cached on the voxel set: bincount on CUDA reads its input's max (a host sync).
+            voxels = x.cached("batch_counts", lambda: torch.bincount(batch, minlength=x.batch_size))  # (B,)
+            counts = voxels.float() * (c // g)  # (B,) elements per statistic
             sums = torch.zeros(x.batch_size, g, device=feats.device).index_add_(0, batch, grouped.sum(2))
             mean = sums / counts[:, None]  # (B, G)
             centred = grouped - mean.index_select(0, batch)[:, :, None]

@@ -1,0 +1,212 @@
+"""The CUDA-graph velocity wrapper's bookkeeping, on the CPU against a fake backend.
+
+The fake keeps graph semantics where they matter: a capture records the call (its static outputs hold NaN until
+the first replay, as a real capture runs nothing), and a replay re-runs the recorded call on the static input
+buffers and writes into the same static output tensors.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from engine.cuda_graphs import GraphedVelocity
+from engine.sampling import SamplerSettings, sample
+
+
+class FakeBackend:
+    def __init__(self, fail_capture: bool = False):
+        self.fail_capture = fail_capture
+        self.events: list[str] = []
+        self.released: list[int] = []  # graphs freed per release
+
+    def new_pool(self) -> object:
+        self.events.append("pool")
+        return object()
+
+    def warm_up(self, call):
+        self.events.append("warm_up")
+        return call()
+
+    def capture(self, call, pool):
+        self.events.append("capture")
+        if self.fail_capture:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        outputs = call()
+        for a in _leaves(outputs):
+            a.fill_(float("nan"))  # a real capture runs nothing: only a replay fills the outputs
+        return (call, outputs), outputs
+
+    def replay(self, graph) -> None:
+        self.events.append("replay")
+        call, outputs = graph
+        for static, fresh in zip(_leaves(outputs), _leaves(call())):
+            static.copy_(fresh)
+
+    def release(self, graphs) -> None:
+        self.released.append(len(graphs))
+
+
+def _leaves(tree):
+    return list(tree.values()) if isinstance(tree, dict) else [tree]
+
+
+def _velocity(weight: torch.Tensor):
+    """A velocity that depends on every input: x (a dict of two latents), t, d and the condition."""
+
+    def velocity(x, t, d, condition):
+        scale = (t / 1000)[:, None, None] + (0 if d is None else (d / 1000)[:, None, None])
+        return {
+            "shape": torch.tanh(x["shape"] @ weight.to(x["shape"].dtype)) * scale + condition.mean(dim=1, keepdim=True),
+            "pose": x["pose"] * scale - condition[:, :1, : x["pose"].shape[-1]],
+        }
+
+    return velocity
+
+
+def _inputs(gen: torch.Generator, rows: int = 1):
+    x = {"shape": torch.randn(rows, 6, 4, generator=gen), "pose": torch.randn(rows, 1, 3, generator=gen)}
+    t = torch.rand(rows, generator=gen) * 1000
+    d = torch.rand(rows, generator=gen) * 100
+    return x, t, d
+
+
+def test_each_signature_warms_up_then_captures_once_and_replays_with_the_eager_results():
+    gen = torch.Generator().manual_seed(0)
+    velocity = _velocity(torch.randn(4, 4, generator=gen))
+    cond = torch.randn(1, 5, 4, generator=gen)
+    guided = torch.randn(2, 5, 4, generator=gen)  # another condition object, for batch-2 calls
+    backend = FakeBackend()
+    graphed = GraphedVelocity(velocity, backend, warmup_calls=2)
+    for step in range(6):
+        for c, rows in ((guided, 2), (cond, 1)):  # interleaved signatures
+            x, t, d = _inputs(gen, rows)
+            got = graphed(x, t, d, c)
+            want = velocity(x, t, d, c)
+            for k in want:
+                torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=f"step {step}, rows {rows}, {k}")
+    assert backend.events.count("warm_up") == 4  # 2 per signature
+    assert backend.events.count("capture") == 2 and backend.events.count("pool") == 1  # one pool for both
+    assert backend.events.count("replay") == 2 * 4  # the capturing call replays too
+    assert graphed.graphs == 2
+
+
+def test_returned_velocities_survive_later_replays():
+    gen = torch.Generator().manual_seed(1)
+    velocity = _velocity(torch.randn(4, 4, generator=gen))
+    cond = torch.randn(1, 5, 4, generator=gen)
+    graphed = GraphedVelocity(velocity, FakeBackend(), warmup_calls=1)
+    kept = []
+    for _ in range(5):
+        x, t, d = _inputs(gen)
+        kept.append((graphed(x, t, d, cond), velocity(x, t, d, cond)))
+    for got, want in kept:  # the static outputs were overwritten four times since the first replay
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+
+
+def test_new_shapes_dtypes_d_or_condition_objects_get_their_own_graph():
+    gen = torch.Generator().manual_seed(2)
+    velocity = _velocity(torch.randn(4, 4, generator=gen))
+    cond = torch.randn(1, 5, 4, generator=gen)
+    same_values = cond.clone()  # equal values, another object: a graph must never read another condition
+    backend = FakeBackend()
+    graphed = GraphedVelocity(velocity, backend, warmup_calls=1)
+
+    def call(c, d_none=False, tokens=6, dtype=torch.float32):
+        x, t, d = _inputs(gen)
+        x["shape"] = torch.randn(1, tokens, 4, generator=gen).to(dtype)
+        d = None if d_none else d
+        got, want = graphed(x, t, d, c), velocity(x, t, d, c)
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+
+    for variant in ({}, {"d_none": True}, {"tokens": 7}, {"dtype": torch.float64}):
+        for _ in range(3):
+            call(cond, **variant)
+    for _ in range(3):
+        call(same_values)
+    assert backend.events.count("capture") == 5 and graphed.graphs == 5
+
+
+def test_a_failed_capture_warns_and_the_run_goes_on_eagerly_with_the_same_results():
+    gen = torch.Generator().manual_seed(3)
+    velocity = _velocity(torch.randn(4, 4, generator=gen))
+    cond = torch.randn(1, 5, 4, generator=gen)
+    backend = FakeBackend(fail_capture=True)
+    graphed = GraphedVelocity(velocity, backend, warmup_calls=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(6):
+            x, t, d = _inputs(gen)
+            got, want = graphed(x, t, d, cond), velocity(x, t, d, cond)
+            for k in want:
+                torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "OutOfMemoryError" in messages[0] and "cuda_graphs=False" in messages[0]
+    assert backend.events.count("capture") == 1  # never tried again
+    assert "replay" not in backend.events
+    assert graphed.fallback is not None and graphed.graphs == 0
+
+
+def test_release_frees_graphs_and_conditions_and_refuses_later_calls():
+    gen = torch.Generator().manual_seed(4)
+    velocity = _velocity(torch.randn(4, 4, generator=gen))
+    cond = torch.randn(1, 5, 4, generator=gen)
+    backend = FakeBackend()
+    with GraphedVelocity(velocity, backend, warmup_calls=1) as graphed:
+        for _ in range(3):
+            graphed(*_inputs(gen), cond)
+        assert graphed.graphs == 1
+    assert backend.released == [1] and graphed.graphs == 0
+    assert not graphed._signatures  # nothing holds the condition's tensors any more
+    with pytest.raises(RuntimeError, match="make a new one for each sampling run"):
+        graphed(*_inputs(gen), cond)
+
+
+def test_a_latent_that_is_not_a_tensor_or_a_dict_of_tensors_is_refused():
+    graphed = GraphedVelocity(lambda x, t, d, c: x, FakeBackend())
+    with pytest.raises(TypeError, match="tensors or dicts of tensors"):
+        graphed([torch.ones(1)], torch.ones(1), None, None)
+    with pytest.raises(ValueError, match="warmup_calls must be at least 1"):
+        GraphedVelocity(lambda x, t, d, c: x, FakeBackend(), warmup_calls=0)
+
+
+def test_the_sampler_gives_the_same_latents_through_the_graphs():
+    gen = torch.Generator().manual_seed(5)
+    velocity = _velocity(torch.randn(4, 4, generator=gen))
+    cond = torch.randn(1, 5, 4, generator=gen)
+    noise, _, _ = _inputs(gen)
+    settings = SamplerSettings(steps=20, rescale_t=2.0, cfg_strength=2.0, cfg_interval=(0.0, 500.0), takes_d=True)
+    backend = FakeBackend()
+    with GraphedVelocity(velocity, backend) as graphed:
+        got = sample(graphed, noise, cond, settings)
+    want = sample(velocity, noise, cond, settings)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+    assert backend.events.count("capture") == 2  # guided and unguided steps
+    assert backend.released == [2]
+
+
+def test_the_pipeline_samples_both_stages_through_graphs_when_on(monkeypatch):
+    from engine import pipeline as pipeline_mod
+    from tests.engine.test_pipeline import _scene
+
+    pipe = pipeline_mod.Pipeline.from_source("random", "tiny", device="cpu", seed=3, cuda_graphs=True)
+    assert not pipe.cuda_graphs  # ignored off CUDA
+    image, mask, pointmap = _scene()
+    args = dict(pointmap=pointmap, seed=9, quality="fast", outputs=("gaussians",), postprocess=None)
+    eager = pipe.reconstruct(image, [mask], **args)
+
+    backends: list[FakeBackend] = []
+    monkeypatch.setattr(pipeline_mod, "CudaGraphBackend", lambda device: backends.append(FakeBackend()) or backends[-1])
+    pipe.cuda_graphs = True  # as on CUDA, with the fake backend
+    graphed = pipe.reconstruct(image, [mask], **args)
+    assert len(backends) == 2  # one wrapper per object and stage
+    for b in backends:
+        assert "capture" in b.events and "replay" in b.events and b.released
+    for key in ("stage1.shape", "stage2.x1_normalized"):
+        np.testing.assert_array_equal(graphed.objects[0].raw[key].numpy(), eager.objects[0].raw[key].numpy())
+    np.testing.assert_array_equal(graphed.objects[0].gaussians.xyz, eager.objects[0].gaussians.xyz)
