@@ -80,6 +80,7 @@ from engine.models.attention import attention_kernels  # noqa: E402
 from engine.models.slat_flow import SlatVelocity  # noqa: E402
 from engine.occupancy import cap_voxel_count, coords_from_logits, keep_surface  # noqa: E402
 from engine.pipeline import Pipeline  # noqa: E402
+from engine.postprocess import make_artist_mesh  # noqa: E402
 from engine.pose import decode_pose  # noqa: E402
 from engine.preprocess import full_image, preprocess_object  # noqa: E402
 from engine.sampling import SamplerSettings, sample, time_grid  # noqa: E402
@@ -99,6 +100,7 @@ STAGES = (
     ("gaussians", "Gaussian decode (+ copy to host)", True),
     ("mesh_net", "mesh decoder network (to 256^3)", True),
     ("flexicubes", "FlexiCubes + mesh to host", True),
+    ("postprocess", "postprocess (clean-up, decimate, unwrap, bake: {postprocess})", True),
 )
 STAGE_MODELS = {
     "condition_1": "ss_condition", "stage_1": "ss_flow", "ss_decode": "ss_decoder", "condition_2": "slat_condition",
@@ -131,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": [],
     }
     log(f"machine: {report['machine']}")
+    if args.memory_cap_gib is not None and device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * 2**30 / total), device)
+        report["memory_cap_gib"] = args.memory_cap_gib
+        log(f"GPU memory capped at {args.memory_cap_gib} GiB")
+    report["cuda_graphs"] = args.cuda_graphs
+    report["postprocess"] = f"{args.faces} faces, {args.texture_size}^2 texture" if args.faces else "off"
 
     # 1. The machine's matrix-product rate in the run's dtype.
     report["matmul"] = matmul_rate(device, dtype)
@@ -213,6 +222,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reference-engine", type=Path, default=None,
                    help="a copy of an earlier engine package (folder named like the package) whose flows the study "
                         "times and compares against, e.g. out/speed_ref/engine_head from `git archive`")
+    p.add_argument("--cuda-graphs", default="on", choices=("on", "off"),
+                   help="replay the flows' sampler steps from CUDA graphs (the pipeline's default on CUDA)")
+    p.add_argument("--faces", type=int, default=30000, help="postprocess: target face count (0: no postprocess)")
+    p.add_argument("--texture-size", type=int, default=2048, help="postprocess: texture side, px")
+    p.add_argument("--memory-cap-gib", type=float, default=None,
+                   help="cap this process's GPU memory (torch.cuda.set_per_process_memory_fraction) to check that "
+                        "a run fits a smaller card")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write all results here")
     return p.parse_args(argv)
@@ -256,7 +272,8 @@ def run_object(
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    pipe = Pipeline(config, provider, device, dtype, keep_loaded=(mode == "keep"))
+    pipe = Pipeline(config, provider, device, dtype, keep_loaded=(mode == "keep"),
+                    cuda_graphs=args.cuda_graphs == "on")
     store = pipe.models
     kernels = flow_kernels(args, pipe)
     rec = Recorder(device)
@@ -324,8 +341,7 @@ def run_object(
         cond1 = attempt("condition_1", staged("condition_1", lambda m: _condition(m, inputs.ss, to_dev)),
                         lambda: torch.randn(1, c1.num_tokens, c1.embed_dim, device=device, dtype=dtype))
         stage1 = attempt(
-            "stage_1", staged("stage_1", lambda m: _geometry(m, cond1, config, stage1_settings, gen, device, dtype,
-                                                               kernels)),
+            "stage_1", staged("stage_1", lambda m: _geometry(pipe, m, cond1, config, stage1_settings, gen, device)),
             lambda: noise_lib.draw_stage1(
                 noise_lib.stage1_shapes(config.ss_flow.resolution, config.ss_flow.shape_channels),
                 torch.Generator().manual_seed(args.seed), torch.device("cpu")),
@@ -344,8 +360,7 @@ def run_object(
         cond2 = attempt("condition_2", staged("condition_2", lambda m: _condition(m, inputs.slat, to_dev)),
                         lambda: torch.randn(1, c2.num_tokens, c2.embed_dim, device=device, dtype=dtype))
         slat = attempt(
-            "stage_2", staged("stage_2", lambda m: _texture(m, cond2, coords, config, stage2_settings, gen, device,
-                                                           dtype, kernels)),
+            "stage_2", staged("stage_2", lambda m: _texture(pipe, m, cond2, coords, config, stage2_settings, gen, device)),
             lambda: torch.randn(coords.shape[0], config.slat_flow.out_channels, device=device),
         )
         checks["slat_finite"] = bool(torch.isfinite(slat).all())
@@ -357,7 +372,6 @@ def run_object(
         if gaussians is not None:
             checks["gaussians"] = len(gaussians)
             checks["gaussians_finite"] = bool(np.isfinite(gaussians.xyz).all() and np.isfinite(gaussians.colors).all())
-        del gaussians
         decoded = attempt("mesh_net", staged("mesh_net", lambda m: m(latent)))
         if decoded is not None:
             checks["fine_voxels"] = decoded.num_voxels
@@ -379,7 +393,16 @@ def run_object(
             mesh = attempt("flexicubes", extract)
             if mesh is not None:
                 checks["mesh_vertices"], checks["mesh_faces"] = len(mesh.vertices), len(mesh.faces)
-        del decoded, latent
+            if mesh is not None and args.faces:
+
+                def postprocess() -> Mesh:
+                    with rec("postprocess"):  # as Pipeline._postprocess: the Gaussians' colours join the bake
+                        return make_artist_mesh(mesh, gaussians, args.faces, args.texture_size, device=device)
+
+                artist = attempt("postprocess", postprocess)
+                if artist is not None:
+                    checks["artist_faces"], checks["texture"] = len(artist.faces), artist.texture.shape[0]
+        del decoded, latent, gaussians
     except Exception as exc:  # keep what was measured; report the failure with its traceback
         errors.append(f"{mode}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
     finally:
@@ -414,18 +437,11 @@ def _condition(embedder: nn.Module, named: dict[str, torch.Tensor], to_dev: Call
     return cond
 
 
-def _geometry(flow, cond, config, settings, gen, device, dtype, kernels) -> dict[str, torch.Tensor]:
-    """Pipeline._stage1 'geometry' for one object."""
+def _geometry(pipe, flow, cond, config, settings, gen, device) -> dict[str, torch.Tensor]:
+    """Pipeline._stage1 'geometry' for one object (its sampling run is the pipeline's own)."""
     shapes = noise_lib.stage1_shapes(config.ss_flow.resolution, config.ss_flow.shape_channels)
-
-    def velocity(x, t, d, kv):
-        v = flow({k: a.to(dtype) for k, a in x.items()}, t, d=d, cond_kv=kv)
-        return {k: a.float() for k, a in v.items()}
-
     x0 = {k: v.to(device) for k, v in noise_lib.draw_stage1(shapes, gen, device).items()}
-    kv = flow.condition_kv(cond)
-    with attention_kernels(kernels):
-        x1 = sample(velocity, x0, kv, settings, guided_condition=flow.guided_kv(kv))
+    x1 = pipe.sample_geometry(flow, cond, x0, settings)
     return {k: v.float().cpu() for k, v in x1.items()}
 
 
@@ -442,17 +458,10 @@ def _voxels(decoder, stage1, inputs, config, gen, device, dtype):
     return coords, decode_pose(pose_raw, inputs.pointmap_scale, inputs.pointmap_shift, factor)
 
 
-def _texture(flow, cond, coords, config, settings, gen, device, dtype, kernels) -> torch.Tensor:
+def _texture(pipe, flow, cond, coords, config, settings, gen, device) -> torch.Tensor:
     """Pipeline._stage2 'texture' for one object: the SLAT flow on `coords`, de-normalised (N, 8)."""
     x0 = noise_lib.draw_stage2(coords.shape[0], config.slat_flow.in_channels, gen, device)
-    slat_velocity = SlatVelocity(flow, coords)
-
-    def velocity(x, t, d, kv):
-        return slat_velocity(x.to(dtype), t, d, kv).float()
-
-    kv = flow.condition_kv(cond)
-    with attention_kernels(kernels):
-        x1 = sample(velocity, x0, kv, settings, guided_condition=flow.guided_kv(kv))
+    x1 = pipe.sample_texture(flow, cond, coords, x0, settings)
     x1.float().cpu()
     mean = torch.tensor(config.slat_mean, device=device)
     std = torch.tensor(config.slat_std, device=device)
@@ -1292,7 +1301,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         total = main["total_s"]
         total_flops = 0
         for key, label, _ in STAGES:
-            label = label.format(**flops["samplers"])
+            label = label.format(postprocess=report.get("postprocess", "?"), **flops["samplers"])
             row = main["stages"].get(key)
             if row is None:
                 lines.append(f"| {label} | failed | | | | | | |")
