@@ -20,6 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused import normed_qkv
+from .norms import rms_norm_heads
+
 KV = tuple[torch.Tensor, torch.Tensor]  # cross-attention keys, values, each (B, S, H, D)
 
 
@@ -54,22 +57,6 @@ class MultiHeadRMSNorm(nn.Module):
         return rms_norm_heads(x, self.gamma)  # x: (B, L, H, D)
 
 
-def rms_norm_heads(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    """normalize(x, dim=-1) · sqrt(D) · gamma for x (..., D) in any layout, gamma broadcastable to x (e.g. (H, D),
-    or (2, H, D) for q and k of a (B, L, 2, H, D) view normalised together), returned contiguous in x's dtype.
-
-    The norm is one float32-accumulating reduction that reads x as it lies (no copy); x · sqrt(D) / ‖x‖ is computed
-    in float32 and rounded once into x's dtype, then · gamma. (A fused rms_norm kernel handles rows of D = 64 poorly:
-    one row per thread block.)"""
-    d = x.shape[-1]
-    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)  # (..., 1)
-    if torch.is_grad_enabled() and (x.requires_grad or gamma.requires_grad):  # differentiable form
-        return (x.float() / norm.clamp_min(1e-12) * (gamma.float() * d**0.5)).to(x.dtype)
-    inv = norm.clamp_min_(1e-12).reciprocal_().mul_(d**0.5)  # sqrt(D) / max(‖x‖, 1e-12), as F.normalize clamps
-    out = torch.mul(x, inv, out=torch.empty(x.shape, dtype=x.dtype, device=x.device))  # float32 math, one rounding
-    return out.mul_(gamma.to(x.dtype))
-
-
 def qk_rms_norm(qk: torch.Tensor, q_norm: MultiHeadRMSNorm, k_norm: MultiHeadRMSNorm) -> torch.Tensor:
     """q and k of a (B, L, 2, H, D) view (the first two thirds of a to_qkv output) through their RMS norms in one
     pass -> (B, L, 2, H, D)."""
@@ -95,8 +82,7 @@ class SelfAttention(nn.Module):
         qkv = self.to_qkv(x).reshape(b, l, 3, self.num_heads, -1)  # (B, L, 3, H, D)
         if not self.qk_rms_norm:
             return qkv.unbind(dim=2)
-        q, k = qk_rms_norm(qkv[:, :, :2], self.q_rms_norm, self.k_rms_norm).unbind(dim=2)  # (B, L, H, D) each
-        return q, k, qkv[:, :, 2]
+        return normed_qkv(qkv, self.q_rms_norm.gamma, self.k_rms_norm.gamma)  # (B, L, H, D) each
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x)

@@ -17,13 +17,14 @@ Batches: coords carry the batch item; several items (e.g. the conditional and un
 same voxels) run in one call, each attending only to its own voxels and its own condition. For guided calls
 `guided_kv` gives the unconditional items' cross-attention as the per-block constant it is
 (see `attention.GuidedKV`): those items' voxels get no queries and no attention to the condition.
+The element-wise chains between matrix products are the functions of `fused`, compiled on CUDA with dynamic
+voxel counts.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
@@ -33,6 +34,14 @@ from ..sparse.resample import downsample, upsample
 from ..sparse.tensor import SparseTensor
 from .attention import CrossAttention, CrossContext, FeedForwardNet, GuidedKV, SelfAttention, check_guided_rows
 from .embeddings import TimestepEmbedder, absolute_position_embedding
+from .fused import (
+    gated_residual_norm,
+    norm_modulate,
+    norm_modulate_silu,
+    norm_silu,
+    residual_norm_modulate,
+    varying_rows,
+)
 from .norms import LayerNorm32, layer_norm32
 
 
@@ -91,6 +100,7 @@ class SlatFlowModel(nn.Module):
             self.out_blocks.extend(SparseResBlock(width * 2, c, width) for _ in range(cfg.num_io_res_blocks - 1))
         self.out_layer = nn.Linear(io[0], cfg.out_channels)
 
+    @varying_rows()  # the voxel count differs per object: compiled chains keep their row counts dynamic
     def forward(
         self,
         x: SparseTensor,
@@ -176,12 +186,9 @@ class SparseResBlock(nn.Module):
             x = downsample(x, 2)
         elif self.resample == "up":
             x = upsample(x, 2)
-        batch = x.batch_index  # (N,)
-        h = self.conv1(x.replace(F.silu(self.norm1(x.feats))))
-        # index_select, not scale[batch]: its backward is an atomic index_add (advanced indexing's sorts; ~3x slower)
-        scale, shift = scale.index_select(0, batch), shift.index_select(0, batch)  # (N, Co) each
-        h = h.replace(F.silu(self.norm2(h.feats) * (1 + scale) + shift))
-        h = self.conv2(h)
+        norm1, norm2 = self.norm1, self.norm2
+        h = self.conv1(x.replace(norm_silu(x.feats, norm1.weight, norm1.bias, norm1.eps)))
+        h = self.conv2(h.replace(norm_modulate_silu(h.feats, shift, scale, x.batch_index, norm2.eps)))
         return h.replace(h.feats + self.skip_connection(x.feats))
 
 
@@ -211,39 +218,43 @@ class ModulatedSparseCrossBlock(nn.Module):
             h, mods = x.feats[None], mods.index_select(0, x.batch_index)[None]  # (1, N, C), (1, N, 6C)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.chunk(6, dim=-1)
 
-        # 1. Self-attention over all voxels of the item, gated
-        a = _norm_modulate(h, self.norm1, shift_msa, scale_msa)
+        # 1. Self-attention over all voxels of the item
+        a = norm_modulate(h, shift_msa, scale_msa, self.norm1.eps)
         q, k, v = (t.reshape(n, self.num_heads, -1) for t in self.self_attn.qkv(a))  # (N, H, D) each
-        h = torch.addcmul(h, gate_msa, self.self_attn.to_out(full_attention(q, k, v, x)).view_as(h))
+        a = self.self_attn.to_out(full_attention(q, k, v, x)).view_as(h)
 
-        # 2. Cross-attention to the condition tokens
-        h = self._cross_attention(h.view(n, c), x, kv).view_as(h)
+        # 2. Gated residual, cross-attention to the condition tokens
+        h, a = self._cross_attention(h, gate_msa, a, x, kv, shift_mlp, scale_mlp)
 
         # 3. MLP, gated
-        h = torch.addcmul(h, gate_mlp, self.mlp(_norm_modulate(h, self.norm3, shift_mlp, scale_mlp)))
+        h = torch.addcmul(h, gate_mlp, self.mlp(a))
         return x.replace(h.view(n, c))
 
-    def _cross_attention(self, h: torch.Tensor, x: SparseTensor, context: CrossContext) -> torch.Tensor:
-        """h + cross_attn(norm2(h)) for the voxels (N, C) of x; the voxels of the unconditional items of a guided
-        batch (the last ones: coarse voxels are sorted by batch item) add the layer's constant instead."""
+    def _cross_attention(
+        self,
+        h: torch.Tensor,
+        gate: torch.Tensor,
+        a: torch.Tensor,
+        x: SparseTensor,
+        context: CrossContext,
+        shift: torch.Tensor,
+        scale: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (G, L, C) + gate · a (the self-attention output), + cross_attn(norm2(that)) for the voxels of x;
+        returned with the MLP's input, norm3(·) · (1 + scale) + shift. The voxels of the unconditional items of a
+        guided batch (the last ones: coarse voxels are sorted by batch item) add the layer's constant instead."""
+        norm = self.norm2
         if isinstance(context, GuidedKV):
             check_guided_rows(context, x.batch_size)
-            head = _leading_items(x, context.k.shape[0])  # the conditional items' voxels
-            m = head.num_voxels
-            return torch.cat([self._attend(h[:m], head, context.k, context.v), h[m:] + context.null_out])
-        return self._attend(h, x, *context)
-
-    def _attend(self, h: torch.Tensor, x: SparseTensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        c = F.layer_norm(h, self.norm2.normalized_shape, self.norm2.weight, self.norm2.bias, self.norm2.eps)
-        q = self.cross_attn.to_q(c).unflatten(1, (self.num_heads, -1))  # (N, H, D)
-        return h + self.cross_attn.to_out(full_cross_attention(q, k, v, x))  # k, v: (B, T, H, D) each
-
-
-def _norm_modulate(h: torch.Tensor, norm: nn.LayerNorm, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """norm(h) · (1 + scale) + shift in two kernels: F.layer_norm keeps float32 statistics and arithmetic inside
-    for bf16/fp16 input (like LayerNorm32, without its float32 copies), addcmul rounds once."""
-    n = F.layer_norm(h, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-    return torch.addcmul(shift, n, 1 + scale)
+            x = _leading_items(x, context.k.shape[0])  # the conditional items' voxels
+            (k, v), null_out = (context.k, context.v), context.null_out
+        else:
+            (k, v), null_out = context, None
+        h, c = gated_residual_norm(h, gate, a, norm.weight, norm.bias, norm.eps)  # (G, L, C) each
+        c = c.reshape(-1, c.shape[-1])[: x.num_voxels]  # (m, C) the voxels that attend
+        q = self.cross_attn.to_q(c).unflatten(1, (self.num_heads, -1))  # (m, H, D)
+        a = self.cross_attn.to_out(full_cross_attention(q, k, v, x))  # k, v: (B, T, H, D) each -> (m, C)
+        return residual_norm_modulate(h, a, null_out, shift, scale, self.norm3.eps)
 
 
 def _context_rows(context: CrossContext) -> int:

@@ -10,6 +10,8 @@ Per block the adaLN modulation is shared; norms, attention and MLP are per strea
 to itself; pose queries attend to [pose; shape]. Cross-attention to the condition tokens is un-gated. The
 unconditional ("cfg") pass is the same call with the condition multiplied by zero; for guided calls
 [cond; uncond], `guided_kv` gives its cross-attention as the per-block constant it is (see `attention.GuidedKV`).
+The element-wise chains between matrix products (norm + modulation, gated residual + norm, q/k norm + the pose
+keys) are the functions of `fused`, compiled on CUDA.
 
 Shapes: B batch, N shape tokens (res³), P pose tokens (4), T condition tokens, C model channels,
 C_cond condition channels, H heads, D = C // H head dim.
@@ -19,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .attention import (
@@ -30,9 +31,9 @@ from .attention import (
     MultiHeadRMSNorm,
     attention,
     check_guided_rows,
-    qk_rms_norm,
 )
 from .embeddings import TimestepEmbedder, absolute_position_embedding
+from .fused import gated_residual_norm, mot_qkv, norm_modulate, residual_norm_modulate
 from .norms import LayerNorm32, layer_norm32
 
 SHAPE = "shape"  # the shape stream and modality
@@ -217,27 +218,39 @@ class MoTBlock(nn.Module):
         mod = self.adaLN_modulation(t_emb).unsqueeze(1)  # (B, 1, 6C)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)  # 6 × (B, 1, C)
 
-        # 1. Self-attention (shape: itself; pose: [pose; shape]), gated
-        h = self.self_attn({s: _norm_modulate(x[s], shift_msa, scale_msa) for s in STREAMS})
-        x = {s: torch.addcmul(x[s], gate_msa, h[s]) for s in STREAMS}  # x + gate · h
+        # 1. Self-attention (shape: itself; pose: [pose; shape])
+        h = self.self_attn({s: norm_modulate(x[s], shift_msa, scale_msa, BLOCK_NORM_EPS) for s in STREAMS})
+        out = {}
+        for s in STREAMS:
+            # 2. Gated residual, cross-attention to the condition (un-gated, affine norm)
+            x_s, h_s = self._cross_attention(s, x[s], gate_msa, h[s], kv[s], shift_mlp, scale_mlp)
+            # 3. MLP, gated
+            out[s] = torch.addcmul(x_s, gate_mlp, self.mlp[s](h_s))  # x + gate · mlp
+        return out
 
-        # 2. Cross-attention to the condition, un-gated, affine norm
-        x = {s: self._cross_attention(s, x[s], kv[s]) for s in STREAMS}
-
-        # 3. MLP, gated
-        return {
-            s: torch.addcmul(x[s], gate_mlp, self.mlp[s](_norm_modulate(x[s], shift_mlp, scale_mlp))) for s in STREAMS
-        }
-
-    def _cross_attention(self, stream: str, x: torch.Tensor, context: CrossContext) -> torch.Tensor:
-        """x + cross_attn(norm2(x)) for x (B, L, C); the unconditional rows of a guided batch add the constant."""
+    def _cross_attention(
+        self,
+        stream: str,
+        x: torch.Tensor,
+        gate: torch.Tensor,
+        h: torch.Tensor,
+        context: CrossContext,
+        shift: torch.Tensor,
+        scale: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, L, C) + gate · h (the self-attention output), + cross_attn(norm2(that)); returned with the MLP's
+        input, its norm3 · (1 + scale) + shift. The unconditional rows of a guided batch add the layer's constant
+        instead of attending."""
         norm, cross = self.norm2[stream], self.cross_attn[stream]
-        if not isinstance(context, GuidedKV):
-            return x + cross.attend(_affine_norm(x, norm), *context)
-        check_guided_rows(context, x.shape[0])
-        b = context.k.shape[0]
-        head = x[:b] + cross.attend(_affine_norm(x[:b], norm), context.k, context.v)  # (B, L, C)
-        return torch.cat([head, x[b:] + context.null_out], dim=0)  # (B + R, L, C)
+        b = x.shape[0]
+        if isinstance(context, GuidedKV):
+            check_guided_rows(context, b)
+            b, (k, v), null_out = context.k.shape[0], (context.k, context.v), context.null_out
+        else:
+            (k, v), null_out = context, None
+        x, n = gated_residual_norm(x, gate, h, norm.weight, norm.bias, norm.eps)  # (B + R, L, C) each
+        a = cross.attend(n[:b], k, v)  # (b, L, C)
+        return residual_norm_modulate(x, a, null_out, shift, scale, BLOCK_NORM_EPS)
 
 
 class MoTSelfAttention(nn.Module):
@@ -253,31 +266,15 @@ class MoTSelfAttention(nn.Module):
         self.to_out = nn.ModuleDict({s: nn.Linear(channels, channels) for s in STREAMS})
 
     def forward(self, h: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        q, k, v = {}, {}, {}
+        qkv, gammas = {}, {}
         for s in STREAMS:
             b, l, _ = h[s].shape
-            qkv = self.to_qkv[s](h[s]).reshape(b, l, 3, self.num_heads, -1)  # (B, L, 3, H, D)
-            q[s], k[s] = qk_rms_norm(qkv[:, :, :2], self.q_rms_norm[s], self.k_rms_norm[s]).unbind(2)  # (B, L, H, D)
-            v[s] = qkv[:, :, 2]
-        out = {
-            SHAPE: attention(q[SHAPE], k[SHAPE], v[SHAPE]),  # (B, N, C)
-            POSE: attention(
-                q[POSE], torch.cat([k[POSE], k[SHAPE]], dim=1), torch.cat([v[POSE], v[SHAPE]], dim=1)
-            ),  # keys/values (B, P + N, H, D) -> (B, P, C)
-        }
+            qkv[s] = self.to_qkv[s](h[s]).reshape(b, l, 3, self.num_heads, -1)  # (B, L, 3, H, D)
+            gammas[s] = (self.q_rms_norm[s].gamma, self.k_rms_norm[s].gamma)
+        # (B, N, H, D) × 3 for the shape stream; pose queries (B, P, H, D), keys/values [pose; shape] (B, P + N, H, D)
+        q_s, k_s, v_s, q_p, k_p, v_p = mot_qkv(qkv[SHAPE], qkv[POSE], gammas[SHAPE], gammas[POSE])
+        out = {SHAPE: attention(q_s, k_s, v_s), POSE: attention(q_p, k_p, v_p)}  # (B, N | P, C)
         return {s: self.to_out[s](out[s]) for s in STREAMS}
-
-
-def _norm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """norm1 / norm3 of the blocks (affine-free, eps 1e-6), then · (1 + scale) + shift: two kernels. F.layer_norm
-    keeps float32 statistics and arithmetic inside for bf16/fp16 input, like `layer_norm32`, without the float32
-    copies in and out; addcmul rounds once."""
-    return torch.addcmul(shift, F.layer_norm(x, x.shape[-1:], eps=BLOCK_NORM_EPS), 1 + scale)
-
-
-def _affine_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-    """`norm` (a LayerNorm32) applied in one kernel: float32 statistics inside, output in x's dtype."""
-    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 def _grid_position_table(resolution: int, channels: int, device: torch.device) -> torch.Tensor:
