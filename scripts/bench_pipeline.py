@@ -22,6 +22,12 @@ realistic workload:
   signed distance of that same shape (`--mesh-sdf network` keeps the random network's SDF, whose random signs
   make almost every cell a surface cell: a worst case, not a realistic one).
 
+Then, as the pipeline does by default, the mesh is post-processed (`make_artist_mesh`: clean-up, decimation to
+`--faces`, UV unwrap, a `--texture-size` texture baked from the mesh and the Gaussians; `--faces 0` skips it).
+The flows' sampler steps run through the pipeline's own `sample_geometry` / `sample_texture`, so CUDA graphs
+(`--cuda-graphs`) and the compiled element-wise code (`--compile`, first run of a process includes compilation)
+apply as they do for users. `--memory-cap-gib 8` caps the process's GPU memory to check that a run fits a card.
+
 Timing: `torch.cuda.synchronize()` before and after every timed region; every configuration runs `--repeats`
 times (default 2: one warm-up) and the last run is reported. Memory: `torch.cuda.max_memory_allocated()`,
 reset at the start of every stage, in two loading modes: `keep` (all networks loaded up front, their weights
@@ -76,6 +82,7 @@ from engine.flexicubes import CORNER_OFFSETS  # noqa: E402
 from engine.images import to_mask, to_rgb_float  # noqa: E402
 from engine.mesh_extraction import CHANNELS, decoded_to_mesh  # noqa: E402
 from engine.model_store import ModelStore, build  # noqa: E402
+from engine.models import fused  # noqa: E402
 from engine.models.attention import attention_kernels  # noqa: E402
 from engine.models.slat_flow import SlatVelocity  # noqa: E402
 from engine.occupancy import cap_voxel_count, coords_from_logits, keep_surface  # noqa: E402
@@ -139,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         report["memory_cap_gib"] = args.memory_cap_gib
         log(f"GPU memory capped at {args.memory_cap_gib} GiB")
     report["cuda_graphs"] = args.cuda_graphs
+    fused.ENABLED = args.compile == "on"
+    report["compile"] = args.compile
     report["postprocess"] = f"{args.faces} faces, {args.texture_size}^2 texture" if args.faces else "off"
 
     # 1. The machine's matrix-product rate in the run's dtype.
@@ -224,6 +233,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "times and compares against, e.g. out/speed_ref/engine_head from `git archive`")
     p.add_argument("--cuda-graphs", default="on", choices=("on", "off"),
                    help="replay the flows' sampler steps from CUDA graphs (the pipeline's default on CUDA)")
+    p.add_argument("--compile", default="on", choices=("on", "off"),
+                   help="the flows' fused element-wise code compiled (engine.models.fused; on by default on CUDA)")
     p.add_argument("--faces", type=int, default=30000, help="postprocess: target face count (0: no postprocess)")
     p.add_argument("--texture-size", type=int, default=2048, help="postprocess: texture side, px")
     p.add_argument("--memory-cap-gib", type=float, default=None,
@@ -1286,6 +1297,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"preset {report['preset']}, quality {report['quality']}; measured matmul rate {rate:.3g} TFLOP/s "
         f"({report['matmul']['what']}).",
         f"Fixed: {report['fixed']}.",
+        f"CUDA graphs {report.get('cuda_graphs', '?')}, compiled element-wise code {report.get('compile', '?')}, "
+        f"GPU memory cap {report.get('memory_cap_gib', 'none')} GiB, postprocess {report.get('postprocess', '?')}.",
     ]
     for entry in report["configs"]:
         modes = entry["modes"]
