@@ -292,6 +292,7 @@ class Pipeline:
                 obj.raw["slat_feats"] = obj.slat.cpu()
             self.models.done_with("slat_flow")
 
+    @torch.inference_mode()
     def sample_geometry(
         self,
         flow: nn.Module,
@@ -313,6 +314,7 @@ class Pipeline:
             return sample(step, noise, kv, settings, guided_condition=flow.guided_kv(kv), progress=progress,
                           cancelled=cancelled)
 
+    @torch.inference_mode()
     def sample_texture(
         self,
         flow: nn.Module,
