@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"machine: {report['machine']}")
     if args.memory_cap_gib is not None and device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * 2**30 / total), device)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * 2**30 / total))
         report["memory_cap_gib"] = args.memory_cap_gib
         log(f"GPU memory capped at {args.memory_cap_gib} GiB")
     report["cuda_graphs"] = args.cuda_graphs
@@ -406,9 +406,19 @@ def run_object(
                 checks["mesh_vertices"], checks["mesh_faces"] = len(mesh.vertices), len(mesh.faces)
             if mesh is not None and args.faces:
 
+                starts: dict[str, float] = {}
+
+                def step(stage: str, _fraction: float) -> None:
+                    starts.setdefault(stage, time.perf_counter())
+
                 def postprocess() -> Mesh:
                     with rec("postprocess"):  # as Pipeline._postprocess: the Gaussians' colours join the bake
-                        return make_artist_mesh(mesh, gaussians, args.faces, args.texture_size, device=device)
+                        out = make_artist_mesh(mesh, gaussians, args.faces, args.texture_size, progress=step,
+                                               device=device)  # fmt: skip
+                        sync(device)
+                    ends = [*list(starts.values())[1:], time.perf_counter()]
+                    checks["postprocess_steps_s"] = {k: round(e - t, 4) for (k, t), e in zip(starts.items(), ends)}
+                    return out
 
                 artist = attempt("postprocess", postprocess)
                 if artist is not None:
