@@ -16,7 +16,9 @@ Four stages, in order, each with its share of the time budget (`TrainConfig`):
    (`targets_latent.py`), the condition computed from exactly what preprocessing gives the pipeline
    (`model_inputs.py`), zeroed for 10 % of the objects (guidance). The d-embedder is made constant (d = 0 only).
 4. `stage2`  — the stage-2 fuser (its DINO starts from stage 1's) and the SLAT flow on the normalised latents of
-   the object's surface voxels.
+   the object's surface voxels; besides the velocity loss, the clean latent the velocity predicts
+   (x1 = x_t + (1 − t)·v) goes through the frozen Gaussian decoder of stage `slat_ae`, and its colours are held
+   to the voxels' true colour (`colour_weight`): without it the flow learnt geometry and left colours dull.
 
 Both flows keep an exponential moving average of their weights; the export uses it. Data: scenes of
 `engine.train.dataset.SyntheticData` (train split), drawn in worker processes and rendered on the device; stage
@@ -104,6 +106,9 @@ class TrainConfig:
     stage2: StageSettings = StageSettings(share=0.35, objects=24, lr=5e-4, warmup=30, reuse=2)
     kl_ss: float = 1e-3  # KL weight of the SS VAE (per latent element)
     kl_slat: float = 1e-4  # KL weight of the SLAT autoencoder
+    # Stage 2: weight of the decoded-colour loss (the frozen Gaussian decoder's colours of the predicted clean
+    # latent against the voxels' true colour). The velocity loss alone let the flow ignore the picture's colours.
+    colour_weight: float = 1.0
     min_pixels: int = 24  # objects with fewer visible pixels are not trained on
     ae_max_voxels: int = 1024  # the autoencoder sees at most this many neighbouring voxels of an object per step
     ema_decay: float = 0.999
@@ -491,6 +496,11 @@ class Stage2(Stage):
         self.mean = torch.tensor(results.get("slat_mean", [0.0] * channels), device=self.device)
         self.std = torch.tensor(results.get("slat_std", [1.0] * channels), device=self.device)
         self.encoder.eval().requires_grad_(False)
+        # The colour loss decodes through stage slat_ae's Gaussian decoder, frozen (not a trained module here).
+        self.gs_decoder = build("gs_decoder", pipeline).to(self.device)
+        if ae is not None:
+            self.gs_decoder.load_state_dict(ae["gs_decoder"])
+        self.gs_decoder.eval().requires_grad_(False)
         self.rescale_t = pipeline.stage2.rescale_t
 
     def prepare(self, batch: Batch) -> dict[str, Any] | None:
@@ -503,20 +513,34 @@ class Stage2(Stage):
         fields = _voxel_fields(batch.scenes, b, k, coords, self.model.resolution)
         with torch.no_grad(), self.autocast():
             mean, _ = self.encoder(SparseTensor(coords, fields["features"]))
-        return {"condition": inputs.slat, "coords": coords, "x1": (mean.float() - self.mean) / self.std}
+        return {"condition": inputs.slat, "coords": coords, "x1": (mean.float() - self.mean) / self.std,
+                "albedo": fields["albedo"].mean(dim=1)}  # fmt: skip
 
     def losses(self, inputs, generator=None):
         coords, x1 = inputs["coords"], inputs["x1"]
         q = inputs["condition"]["image"].shape[0]
         x0 = obj.noise_like(x1, generator)
         t = obj.sample_t(q, self.rescale_t, generator, self.device)
-        xt = obj.interpolate(x0, x1, t[coords[:, 0].long()][:, None])
+        t_row = t[coords[:, 0].long()][:, None]  # (N, 1)
+        xt = obj.interpolate(x0, x1, t_row)
         with self.autocast():
             cond = self.modules["slat_condition"](inputs["condition"])
             cond = obj.drop_condition(cond, self.settings.condition_dropout, generator)
             v = self.modules["slat_flow"](SparseTensor(coords, xt), t * obj.TIME_SCALE, cond=cond)
         loss, terms = obj.flow_loss(v.feats, obj.velocity_target(x0, x1))
-        return {"loss": loss, **terms, "cond_rms": _rms(cond)}
+        colour = self.decoded_colour_error(coords, xt + (1 - t_row) * v.feats.float(), inputs["albedo"])
+        loss = loss + self.cfg.colour_weight * colour
+        return {"loss": loss, **terms, "colour": colour.detach(), "cond_rms": _rms(cond)}
+
+    def decoded_colour_error(self, coords: torch.Tensor, x1: torch.Tensor, albedo: torch.Tensor) -> torch.Tensor:
+        """Mean absolute RGB error of the Gaussian decoder's colours for the normalised latent x1 (N, C) against
+        the voxels' true colours albedo (N, 3); differentiable in x1, the decoder frozen."""
+        latent = x1 * self.std + self.mean
+        with self.autocast():
+            gaussians = self.gs_decoder.decode(SparseTensor(coords, latent))
+        g = self.gs_decoder.cfg.num_gaussians
+        rgb = SH_C0 * gaussians.features_dc.float().reshape(-1, g, 3) + 0.5  # (N, G, 3)
+        return (rgb.mean(dim=1) - albedo).abs().mean()
 
 
 STAGE_CLASSES: dict[str, type[Stage]] = {"ss_vae": SSVAEStage, "slat_ae": SlatAEStage, "stage1": Stage1,

@@ -210,6 +210,43 @@ def test_stage2_starts_from_stage1s_image_branch_with_a_silent_cross_attention(t
         assert not torch.allclose(flow(x, t, cond=cond).feats, flow(x, t, cond=2 * cond).feats)
 
 
+def test_stage2s_colour_loss_is_the_decoded_colour_error_and_reaches_the_picture(tmp_path):
+    run = Run(tmp_path, MICRO, "cpu", resume=False, log=lambda s: None)
+    stage = STAGE_CLASSES["stage2"](run)
+    stream = _scene_batches(run.data, 2, 0, run.device, 0, stage.rendered)
+    inputs = None
+    while inputs is None:
+        inputs = stage.prepare(next(stream))
+    g = torch.Generator().manual_seed(5)
+    decoder = stage.gs_decoder
+    for p in decoder.parameters():  # a decoder with colours that depend on the latent
+        p.data = torch.randn(p.shape, generator=g) * 0.2
+    coords, albedo = inputs["coords"], inputs["albedo"]
+    assert albedo.shape == (coords.shape[0], 3) and float(albedo.min()) >= 0 and float(albedo.max()) <= 1
+    x1 = torch.randn(coords.shape[0], stage.std.numel(), generator=g)
+    error = stage.decoded_colour_error(coords, x1, albedo)
+    # ... what the pipeline's Gaussians show, averaged per voxel, against the voxel's colour
+    with torch.no_grad():
+        rgb = decoder.decode(SparseTensor(coords, x1 * stage.std + stage.mean)).activated()["color_rgb"]
+    expected = (rgb.reshape(coords.shape[0], -1, 3).mean(1) - albedo).abs().mean()
+    torch.testing.assert_close(error, expected, rtol=1e-5, atol=1e-6)
+    # The loss reaches the picture's branch through the cross-attention (once its output layer is non-zero),
+    # and never the frozen decoder.
+    for block in stage.modules["slat_flow"].blocks:
+        torch.nn.init.normal_(block.cross_attn.to_out.weight, generator=g)
+    torch.nn.init.normal_(stage.modules["slat_flow"].out_layer.weight, generator=g)
+    projection = next(stage.modules["slat_condition"].projection_nets.parameters())
+    grads = []
+    for weight in (0.0, 1.0):
+        stage.cfg = replace(MICRO, colour_weight=weight)
+        terms = stage.losses(inputs, torch.Generator().manual_seed(1))  # the same noise and times
+        grads.append(torch.autograd.grad(terms["loss"], projection)[0])
+    assert 0 < float(terms["colour"]) < 1
+    assert float((grads[1] - grads[0]).abs().max()) > 1e-3 * float(grads[0].abs().max())
+    assert all(not p.requires_grad for p in decoder.parameters())
+    assert not any(p is q for p in stage.parameters() for q in decoder.parameters())
+
+
 def test_a_run_resumes_from_its_checkpoint(tmp_path):
     train(tmp_path, MICRO, "cpu", stages=("ss_vae",), max_steps=3, log=lambda s: None)
     state = json.loads((tmp_path / "state.json").read_text())
