@@ -21,6 +21,11 @@ colours are sampled like its texture.
 
 An object whose reconstruction fails counts as IoU 0 and colour error 1. The table gives medians (the issue's
 targets), means and per-shape medians.
+
+Diagnosis of stage 2 alone: --given-voxels skips stage 1 and runs stage 2 on each object's true surface voxels (only
+the colour error means anything then); --swap-rb swaps the picture's red and blue channels and scores against
+swapped truth colours, so a model that reads colours from the picture scores about the same, and one that ignores
+them does worse.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.errors import EngineError  # noqa: E402
 from engine.frames import p3d_to_opencv  # noqa: E402
 from engine.pipeline import Pipeline  # noqa: E402
+from engine.pose import Pose  # noqa: E402
 from engine.postprocess import PostprocessOptions  # noqa: E402
 from engine.postprocess.raster import rasterize_uv  # noqa: E402
 from engine.train.dataset import DataConfig, SyntheticData  # noqa: E402
@@ -71,12 +77,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cfg1", type=float, default=None, help="override the stage-1 guidance strength")
     parser.add_argument("--steps2", type=int, default=None, help="override the stage-2 sampler's steps")
     parser.add_argument("--cfg2", type=float, default=None, help="override the stage-2 guidance strength")
+    parser.add_argument("--given-voxels", action="store_true",
+                        help="stage 2 alone, on the true surface voxels (scores colour only)")  # fmt: skip
+    parser.add_argument("--swap-rb", action="store_true", help="swap red and blue in the picture and in the truth")
     args = parser.parse_args(argv)
 
     config, provider, identity = open_demo(args.weights)
     config = replace(config, stage1=_sampler(config.stage1, args.steps1, args.cfg1),
                      stage2=_sampler(config.stage2, args.steps2, args.cfg2))  # fmt: skip
-    pipe = Pipeline(config, provider, device=args.device, weights_id=identity)
+    kind = GivenVoxelsPipeline if args.given_voxels else Pipeline
+    pipe = kind(config, provider, device=args.device, weights_id=identity)
     if pipe.device.type == "cuda":  # cuDNN attention plans every new voxel count anew (~10 ms each)
         torch.backends.cuda.enable_cudnn_sdp(False)
     resolution = config.mesh_decoder.trunk.resolution
@@ -85,13 +95,14 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     for i in range(args.images):
         records += evaluate_image(pipe, data, i, args.min_pixels, args.quality,
-                                  PostprocessOptions() if args.postprocess else None)  # fmt: skip
+                                  PostprocessOptions() if args.postprocess else None, args.swap_rb)  # fmt: skip
         if (i + 1) % 20 == 0 or i + 1 == args.images:
             print(f"{i + 1}/{args.images} images, {len(records)} objects, {time.perf_counter() - start:.0f} s",
                   flush=True)  # fmt: skip
     summary = summarize(records)
     summary.update(images=args.images, seconds=time.perf_counter() - start, weights=str(args.weights),
                    quality=args.quality, postprocess=args.postprocess, device=str(pipe.device),
+                   given_voxels=args.given_voxels, swap_rb=args.swap_rb,
                    stage1=asdict(config.stage1),
                    stage2=asdict(config.stage2))  # fmt: skip
     print(table(summary))
@@ -101,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def evaluate_image(pipe: Pipeline, data: SyntheticData, index: int, min_pixels: int, quality: str,
-                   postprocess: PostprocessOptions | None = None) -> list[dict]:  # fmt: skip
+                   postprocess: PostprocessOptions | None = None, swap_rb: bool = False) -> list[dict]:  # fmt: skip
     batch = data.batch([index], device=pipe.device)  # rendered and scored where the pipeline runs
     views, targets, scenes = batch.views, batch.targets, batch.scenes
     masks = batch.masks[0]  # (K, H, W)
@@ -109,6 +120,10 @@ def evaluate_image(pipe: Pipeline, data: SyntheticData, index: int, min_pixels: 
     if not keep:
         return []
     image = np.round(views.image[0].cpu().numpy() * 255).astype(np.uint8)
+    if swap_rb:
+        image = np.ascontiguousarray(image[..., ::-1])
+    if isinstance(pipe, GivenVoxelsPipeline):
+        pipe.truth = [targets.occupancy[0, k] for k in keep]
     pointmap = views.pointmap[0].cpu().numpy()
     k_matrix = views.intrinsics[0].cpu().numpy()
     mask_arrays = [masks[k].cpu().numpy() for k in keep]
@@ -118,7 +133,9 @@ def evaluate_image(pipe: Pipeline, data: SyntheticData, index: int, min_pixels: 
         objects = result.objects
     except EngineError:  # one object without a shape fails the call: score the objects one by one
         objects = []
-        for m in mask_arrays:
+        for k, m in zip(keep, mask_arrays):
+            if isinstance(pipe, GivenVoxelsPipeline):
+                pipe.truth = [targets.occupancy[0, k]]
             try:
                 objects += pipe.reconstruct(image, [m], pointmap=pointmap, intrinsics=k_matrix, seed=index,
                                             quality=quality, outputs=("mesh",), postprocess=postprocess).objects
@@ -134,7 +151,7 @@ def evaluate_image(pipe: Pipeline, data: SyntheticData, index: int, min_pixels: 
             record.update(
                 voxel_iou=voxel_iou(found.raw["coords_original"], targets.solid[0, k]),
                 mask_iou=mask_iou(found, views.intrinsics[0], masks[k], others),
-                colour_error=colour_error(found.mesh, scenes, k),
+                colour_error=colour_error(found.mesh, scenes, k, swap_rb),
                 failed=False,
             )
         records.append(record)
@@ -181,8 +198,9 @@ def project_mesh(vertices: np.ndarray, faces: np.ndarray, pose, intrinsics: torc
     return out.view(size, size)[:h, :w]
 
 
-def colour_error(mesh, scenes, k: int) -> float:
-    """Mean absolute RGB difference of the vertex colours from the object's true colour at the vertices."""
+def colour_error(mesh, scenes, k: int, swap_rb: bool = False) -> float:
+    """Mean absolute RGB difference of the vertex colours from the object's true colour at the vertices (with red
+    and blue swapped in the truth if `swap_rb`)."""
     if mesh.vertex_colors is None:
         return 1.0
     device = scenes.device
@@ -190,7 +208,26 @@ def colour_error(mesh, scenes, k: int) -> float:
     colours = torch.from_numpy(mesh.vertex_colors).float().to(device)
     scene = torch.zeros(len(points), dtype=torch.long, device=device)
     _, albedo = object_fields(scenes, scene, torch.full_like(scene, k), points[:, None])  # (V, 1, 3)
+    if swap_rb:
+        albedo = albedo.flip(-1)
     return float((colours - albedo[:, 0]).abs().mean()) if len(points) else 1.0
+
+
+class GivenVoxelsPipeline(Pipeline):
+    """The pipeline with stage 1 replaced by the truth: each object's true surface voxels (`truth`, one (R, R, R)
+    bool grid per mask, set before each call) and a fixed pose, so stage 2 and the decoders are scored alone."""
+
+    truth: list[torch.Tensor] = []
+
+    def _stage1(self, objects, settings, run) -> None:
+        pass
+
+    def _voxels(self, objects, run) -> None:
+        for obj, occupancy in zip(objects, self.truth):
+            xyz = torch.nonzero(occupancy).to(torch.int32)
+            obj.coords = torch.cat([torch.zeros_like(xyz[:, :1]), xyz], dim=1).to(self.device)  # (N, 4)
+            obj.raw["coords_original"] = obj.coords.cpu()
+            obj.pose = Pose(torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 3.0]), 1.0)
 
 
 # ---- report ----------------------------------------------------------------------------------------------------
