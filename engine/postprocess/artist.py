@@ -8,6 +8,7 @@ arrays, without glTF) and vertex colours sampled the same way as the texture.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
@@ -90,15 +91,19 @@ def _run(mesh, gaussians, target, texture_size, cleanup, report, device, cleanup
         source, _ = clean_mesh(mesh, cleanup_options, device=device)
     else:
         source = _drop_nonfinite(mesh)
-    # 2. decimate
-    report("decimate", 0.0)
-    low = decimate(source, target, device=device, decimator=decimator)
-    # 3. unwrap
-    report("unwrap", 0.0)
-    low, _ = unwrap(low, texture_size, PADDING)
-    # 4. bake
-    report("bake", 0.0)
-    colors = ColorSource(source, gaussians, device)
+    # The colour source indexes the cleaned mesh and the Gaussians (k-d trees, built without the GIL) while
+    # decimation and unwrapping run: it does not depend on them.
+    with ThreadPoolExecutor(1) as pool:
+        colors_ready = pool.submit(ColorSource, source, gaussians, device)
+        # 2. decimate
+        report("decimate", 0.0)
+        low = decimate(source, target, device=device, decimator=decimator)
+        # 3. unwrap
+        report("unwrap", 0.0)
+        low, _ = unwrap(low, texture_size, PADDING)
+        # 4. bake
+        report("bake", 0.0)
+        colors = colors_ready.result()
     texture, _ = bake_texture(low, colors, texture_size, progress=lambda f: report("bake", f))
     vertex_colors = None
     if not colors.empty:

@@ -16,6 +16,7 @@ All per-texel work is vectorised in torch on the given device; the k-d trees are
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -54,12 +55,14 @@ class ColorSource:
     def __init__(self, mesh: Mesh | None, gaussians: Gaussians | None = None, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.surface = None
-        if mesh is not None and mesh.vertex_colors is not None:
-            self.surface = SurfaceQuery(mesh.vertices, mesh.faces, self.device)
-            self.surface_colors = torch.from_numpy(np.asarray(mesh.vertex_colors, np.float32)).to(self.device)
-        self.gaussians = None
-        if gaussians is not None and len(gaussians) > 0:
-            self.gaussians = _GaussianBlend(gaussians, self.device)
+        with ThreadPoolExecutor(1) as pool:  # the two k-d trees build side by side (scipy releases the GIL)
+            blend = None
+            if gaussians is not None and len(gaussians) > 0:
+                blend = pool.submit(_GaussianBlend, gaussians, self.device)
+            if mesh is not None and mesh.vertex_colors is not None:
+                self.surface = SurfaceQuery(mesh.vertices, mesh.faces, self.device)
+                self.surface_colors = torch.from_numpy(np.asarray(mesh.vertex_colors, np.float32)).to(self.device)
+            self.gaussians = None if blend is None else blend.result()
 
     @property
     def empty(self) -> bool:
