@@ -62,10 +62,14 @@ def test_charts_do_not_overlap_and_keep_a_gutter(unwrapped):
     assert not np.any((high >= 0) & (low < n_charts) & (high != low))
 
 
-def test_pieces_are_stitched_back_in_face_order(monkeypatch):
+@pytest.mark.parametrize("piece_faces, min_piece_faces, cores", [(700, 2_500, 1), (8_000, 200, 16)])
+def test_pieces_are_stitched_back_in_face_order(monkeypatch, piece_faces, min_piece_faces, cores):
     import engine.postprocess.unwrap as unwrap_module
 
-    monkeypatch.setattr(unwrap_module, "PIECE_FACES", 700)  # 3,000 faces -> 5 pieces
+    # 3,000 faces -> 5 pieces of <= 700 faces; or, on 16 cores, 15 pieces of >= 200 faces
+    monkeypatch.setattr(unwrap_module, "PIECE_FACES", piece_faces)
+    monkeypatch.setattr(unwrap_module, "MIN_PIECE_FACES", min_piece_faces)
+    monkeypatch.setattr(unwrap_module.os, "cpu_count", lambda: cores)
     mesh, _ = clean_mesh(noisy_sphere(12_000, seed=5))
     low = decimate(mesh, 3_000)
     out, vertex_map = unwrap(low, texture_size=512, padding=4)
