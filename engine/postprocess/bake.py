@@ -12,7 +12,8 @@ is found from its face and barycentrics, and its colour is read from the *source
 
 Texels no face covers are filled by `dilate.dilate` (push-pull). Colours are stored as given (no transfer curve): the
 decoder's colours reproduce the image's pixel values, which is what a glTF base-colour texture (sRGB) holds.
-All per-texel work is vectorised in torch on the given device; the k-d trees are scipy (CPU).
+All per-texel work is vectorised in torch on the given device; the mesh's k-d tree is scipy (CPU), and the nearest
+Gaussians come from `neighbours.NearestNeighbours` (a grid on CUDA, scipy's k-d tree on the CPU).
 """
 from __future__ import annotations
 
@@ -21,12 +22,12 @@ from typing import Callable
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
 
 from ..assets import Gaussians, Mesh
 from ..errors import InputError
 from .closest import SurfaceQuery
 from .dilate import dilate
+from .neighbours import NearestNeighbours
 from .raster import rasterize_uv
 
 NEUTRAL_GREY = 0.8  # the colour of a surface with no colour source (Blender's default base colour)
@@ -147,10 +148,9 @@ class _GaussianBlend:
 
     def __init__(self, g: Gaussians, device: torch.device):
         self.device = device
-        xyz = np.asarray(g.xyz, np.float64)
-        self.tree = cKDTree(xyz, leafsize=16, balanced_tree=False, compact_nodes=False)
-        self.k = min(GAUSSIAN_NEIGHBOURS, xyz.shape[0])
-        self.xyz = torch.from_numpy(xyz.astype(np.float32)).to(device)
+        xyz = np.asarray(g.xyz, np.float32)
+        self.neighbours = NearestNeighbours(xyz, GAUSSIAN_NEIGHBOURS, device)
+        self.xyz = torch.from_numpy(xyz).to(device)
         self.colors = torch.from_numpy(np.asarray(g.colors, np.float32)).clamp(0, 1).to(device)
         self.opacity = torch.from_numpy(np.asarray(g.opacity, np.float32).reshape(-1)).to(device)
         q = torch.from_numpy(np.asarray(g.rotation, np.float32)).to(device)
@@ -159,8 +159,7 @@ class _GaussianBlend:
         self.inv_sigma = 1.0 / torch.sqrt(sigma ** 2 + GAUSSIAN_MIN_SIGMA ** 2)  # (N, 3)
 
     def blend(self, points: torch.Tensor, base: torch.Tensor, prior: float) -> torch.Tensor:
-        _, idx = self.tree.query(points.detach().cpu().numpy().astype(np.float64), k=self.k, workers=-1)
-        idx = torch.from_numpy(np.asarray(idx, np.int64).reshape(points.shape[0], self.k)).to(self.device)  # (N, k)
+        _, idx = self.neighbours.query(points.detach())  # (N, k)
         offset = points[:, None, :] - self.xyz[idx]  # (N, k, 3)
         local = torch.einsum("nkji,nkj->nki", self.rot[idx], offset) * self.inv_sigma[idx]  # R^T offset / sigma
         weight = self.opacity[idx] * torch.exp(-0.5 * (local ** 2).sum(-1))  # (N, k)
