@@ -22,8 +22,9 @@ colours are sampled like its texture.
 An object whose reconstruction fails counts as IoU 0 and colour error 1. The table gives medians (the issue's
 targets), means and per-shape medians.
 
-Diagnosis of stage 2 alone: --given-voxels skips stage 1 and runs stage 2 on each object's true surface voxels (only
-the colour error means anything then); --swap-rb swaps the picture's red and blue channels and scores against
+Diagnosis: --given-voxels runs stage 2 on each object's true surface voxels instead of stage 1's (stage 2's colour
+alone; the mask IoU then measures the pose with the true shape); --true-pose scores the mask IoU with the true pose
+(the predicted shape's share); --swap-rb swaps the picture's red and blue channels and scores against
 swapped truth colours, so a model that reads colours from the picture scores about the same, and one that ignores
 them does worse.
 """
@@ -47,7 +48,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.errors import EngineError  # noqa: E402
 from engine.frames import p3d_to_opencv  # noqa: E402
 from engine.pipeline import Pipeline  # noqa: E402
-from engine.pose import Pose  # noqa: E402
 from engine.postprocess import PostprocessOptions  # noqa: E402
 from engine.postprocess.raster import rasterize_uv  # noqa: E402
 from engine.train.dataset import DataConfig, SyntheticData  # noqa: E402
@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cfg2", type=float, default=None, help="override the stage-2 guidance strength")
     parser.add_argument("--given-voxels", action="store_true",
                         help="stage 2 alone, on the true surface voxels (scores colour only)")  # fmt: skip
+    parser.add_argument("--true-pose", action="store_true",
+                        help="score the mask IoU with the true pose (the shape's share of the error)")
     parser.add_argument("--swap-rb", action="store_true", help="swap red and blue in the picture and in the truth")
     args = parser.parse_args(argv)
 
@@ -95,14 +97,15 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     for i in range(args.images):
         records += evaluate_image(pipe, data, i, args.min_pixels, args.quality,
-                                  PostprocessOptions() if args.postprocess else None, args.swap_rb)  # fmt: skip
+                                  PostprocessOptions() if args.postprocess else None, args.swap_rb,
+                                  args.true_pose)  # fmt: skip
         if (i + 1) % 20 == 0 or i + 1 == args.images:
             print(f"{i + 1}/{args.images} images, {len(records)} objects, {time.perf_counter() - start:.0f} s",
                   flush=True)  # fmt: skip
     summary = summarize(records)
     summary.update(images=args.images, seconds=time.perf_counter() - start, weights=str(args.weights),
                    quality=args.quality, postprocess=args.postprocess, device=str(pipe.device),
-                   given_voxels=args.given_voxels, swap_rb=args.swap_rb,
+                   given_voxels=args.given_voxels, swap_rb=args.swap_rb, true_pose=args.true_pose,
                    stage1=asdict(config.stage1),
                    stage2=asdict(config.stage2))  # fmt: skip
     print(table(summary))
@@ -112,7 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def evaluate_image(pipe: Pipeline, data: SyntheticData, index: int, min_pixels: int, quality: str,
-                   postprocess: PostprocessOptions | None = None, swap_rb: bool = False) -> list[dict]:  # fmt: skip
+                   postprocess: PostprocessOptions | None = None, swap_rb: bool = False,
+                   true_pose: bool = False) -> list[dict]:  # fmt: skip
     batch = data.batch([index], device=pipe.device)  # rendered and scored where the pipeline runs
     views, targets, scenes = batch.views, batch.targets, batch.scenes
     masks = batch.masks[0]  # (K, H, W)
@@ -148,12 +152,15 @@ def evaluate_image(pipe: Pipeline, data: SyntheticData, index: int, min_pixels: 
             record.update(FAILED, failed=True)
         else:
             others = (views.instance[0] >= 0) & (views.instance[0] != k)
+            pose = targets.pose(0, k) if true_pose else found.pose
             record.update(
                 voxel_iou=voxel_iou(found.raw["coords_original"], targets.solid[0, k]),
-                mask_iou=mask_iou(found, views.intrinsics[0], masks[k], others),
+                mask_iou=mask_iou(found.mesh, pose, views.intrinsics[0], masks[k], others),
                 colour_error=colour_error(found.mesh, scenes, k, swap_rb),
                 failed=False,
             )
+            if true_pose:  # both, for comparison in the JSON
+                record["mask_iou_model_pose"] = mask_iou(found.mesh, found.pose, views.intrinsics[0], masks[k], others)
         records.append(record)
     return records
 
@@ -170,9 +177,9 @@ def voxel_iou(coords: torch.Tensor, solid: torch.Tensor) -> float:
     return int((pred & solid).sum()) / union if union else 0.0
 
 
-def mask_iou(found, intrinsics: torch.Tensor, mask: torch.Tensor, hidden: torch.Tensor) -> float:
-    """IoU of the placed mesh's silhouette (minus the `hidden` pixels) with the mask (H, W)."""
-    silhouette = project_mesh(found.mesh.vertices, found.mesh.faces, found.pose, intrinsics, mask.shape)
+def mask_iou(mesh, pose, intrinsics: torch.Tensor, mask: torch.Tensor, hidden: torch.Tensor) -> float:
+    """IoU of the silhouette of `mesh` placed by `pose` (minus the `hidden` pixels) with the mask (H, W)."""
+    silhouette = project_mesh(mesh.vertices, mesh.faces, pose, intrinsics, mask.shape)
     silhouette &= ~hidden
     union = int((silhouette | mask).sum())
     return int((silhouette & mask).sum()) / union if union else 0.0
@@ -214,20 +221,18 @@ def colour_error(mesh, scenes, k: int, swap_rb: bool = False) -> float:
 
 
 class GivenVoxelsPipeline(Pipeline):
-    """The pipeline with stage 1 replaced by the truth: each object's true surface voxels (`truth`, one (R, R, R)
-    bool grid per mask, set before each call) and a fixed pose, so stage 2 and the decoders are scored alone."""
+    """The pipeline with stage 1's shape replaced by the truth: each object's true surface voxels (`truth`, one
+    (R, R, R) bool grid per mask, set before each call); its pose still comes from stage 1. Stage 2 and the
+    decoders are scored alone (colour), and the mask IoU shows the pose's share of the error."""
 
     truth: list[torch.Tensor] = []
 
-    def _stage1(self, objects, settings, run) -> None:
-        pass
-
     def _voxels(self, objects, run) -> None:
+        super()._voxels(objects, run)
         for obj, occupancy in zip(objects, self.truth):
             xyz = torch.nonzero(occupancy).to(torch.int32)
             obj.coords = torch.cat([torch.zeros_like(xyz[:, :1]), xyz], dim=1).to(self.device)  # (N, 4)
             obj.raw["coords_original"] = obj.coords.cpu()
-            obj.pose = Pose(torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 3.0]), 1.0)
 
 
 # ---- report ----------------------------------------------------------------------------------------------------
