@@ -30,9 +30,10 @@ class DepthEstimator:
         self.token = token
         self._model: MoGeModel | None = None
 
-    def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, rgb: np.ndarray, fov_x: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """rgb (H, W, 3) float in [0, 1] -> (points (H, W, 3) float32 in the PyTorch3D camera frame, NaN where
-        MoGe has no depth; intrinsics (3, 3) in pixels).
+        MoGe has no depth; intrinsics (3, 3) in pixels). `fov_x` (degrees), when the camera is known, fixes
+        MoGe's horizontal field of view instead of letting it recover the focal from its points.
 
         Invalid points are NaN, not +inf: upstream converts MoGe's OpenCV points to the PyTorch3D frame with a
         homogeneous transform, which turns any point with an infinite coordinate into NaN; the object-centric
@@ -40,7 +41,7 @@ class DepthEstimator:
         """
         model = self._load()
         image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).to(self.device, self.dtype)
-        out = sam3d_pointmap(infer(model, image, force_projection=False))
+        out = sam3d_pointmap(infer(model, image, fov_x=fov_x, force_projection=False))
         points = out.points_p3d.float().cpu().numpy()
         points[~np.isfinite(points).all(axis=-1)] = np.nan
         if not np.isfinite(points).all(axis=-1).any():

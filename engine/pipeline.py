@@ -12,6 +12,7 @@ Frames: see `pose.py` and `frames.py`. Pointmaps given to `reconstruct` are in t
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -134,7 +135,7 @@ class Pipeline:
         image: (H, W, 3|4) or (H, W) uint8/uint16/float; masks: one (H, W) array per object (bool, uint8 or float;
         soft edges are kept); pointmap: (H, W, 3) float points in the Blender/OpenGL camera frame, non-finite where
         unknown (None: estimated from the image); intrinsics: 3x3 or (fx, fy, cx, cy) in pixels (None: inferred
-        from the pointmap); noise: per object a dict {"stage1": {modality: tensor}, "stage2": tensor} to inject
+        from the pointmap; given without a pointmap, the depth estimate keeps their field of view); noise: per object a dict {"stage1": {modality: tensor}, "stage2": tensor} to inject
         instead of drawing from `seed`; outputs: a subset of ("mesh", "gaussians"); progress(stage, fraction);
         cancel: an Event checked between sampler steps and stages (raises `Cancelled`); postprocess: the options
         that turn each raw decoder mesh into a clean, decimated, UV-unwrapped, textured one (`postprocess/`), or
@@ -148,8 +149,9 @@ class Pipeline:
         run = _Run(progress, cancel)
         try:
             with run.stage("pointmap"):
-                if points_p3d is None:
-                    points_p3d, k = self._estimate_pointmap(rgb)
+                if points_p3d is None:  # with intrinsics given, MoGe keeps their field of view and we keep them
+                    points_p3d, k_estimated = self._estimate_pointmap(rgb, k)
+                    k = k if k is not None else k_estimated
                     source = "estimated"
                 else:
                     source = "given"
@@ -195,9 +197,10 @@ class Pipeline:
             raise InputError(f"noise is given for {len(noise)} objects but there are {len(mask_list)} masks")
         return rgb, mask_list, points_p3d, k
 
-    def _estimate_pointmap(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _estimate_pointmap(self, rgb: np.ndarray, k: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        fov_x = None if k is None else math.degrees(2.0 * math.atan(rgb.shape[1] / (2.0 * float(k[0, 0]))))
         try:
-            return self.depth(rgb)
+            return self.depth(rgb, fov_x)
         finally:
             if not self.models.keep_loaded:
                 self.depth.release()

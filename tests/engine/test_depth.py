@@ -52,3 +52,35 @@ def test_missing_moge_weights_name_the_file(tmp_path):
     rgb, _ = _photo()
     with pytest.raises(WeightsError, match="MoGe weights not found"):
         DepthEstimator(str(tmp_path / "nowhere" / "model.pt"))(rgb)
+
+
+def test_a_known_field_of_view_fixes_the_estimators_focal(moge_file):
+    rgb, _ = _photo(seed=3)
+    h, w = rgb.shape[:2]
+    estimator = DepthEstimator(str(moge_file))
+    _, free = estimator(rgb)
+    fx = 1.7 * free[0, 0]  # a camera clearly unlike what MoGe recovers by itself
+    fov_x = np.degrees(2 * np.arctan(w / (2 * fx)))
+    points, k = estimator(rgb, fov_x)
+    np.testing.assert_allclose(k[0, 0], fx, rtol=1e-4)
+    valid = np.isfinite(points).all(axis=-1)
+    # The points project through that focal: x / z * fx + cx lands on the pixel column (MoGe's points are
+    # re-derived from depth when the focal is fixed, within its own rounding).
+    yy, xx = np.mgrid[0:h, 0:w]
+    u = -points[..., 0] / points[..., 2] * fx + (w / 2 - 0.5)  # PyTorch3D frame: +X left
+    assert np.median(np.abs(u[valid] - xx[valid])) < 0.5 * np.median(np.abs(xx[valid] - w / 2))
+
+
+def test_intrinsics_given_with_a_photo_are_kept_and_steer_the_depth_estimate(moge_file, monkeypatch):
+    rgb, mask = _photo(seed=4)
+    h, w = rgb.shape[:2]
+    pipe = Pipeline.from_source("random", "tiny", device="cpu", depth_weights=str(moge_file))
+    seen = []
+    estimate = pipe.depth.__class__.__call__
+    monkeypatch.setattr(pipe.depth.__class__, "__call__", lambda self, image, fov_x=None: (
+        seen.append(fov_x), estimate(self, image, fov_x))[1])
+    k = np.array([[90.0, 0, w / 2], [0, 90.0, h / 2], [0, 0, 1]])
+    result = pipe.reconstruct(rgb, [mask], intrinsics=k, seed=1, quality="fast", outputs=("gaussians",))
+    assert result.pointmap_source == "estimated"
+    np.testing.assert_allclose(result.intrinsics, k)
+    np.testing.assert_allclose(seen, [np.degrees(2 * np.arctan(w / 180.0))])
