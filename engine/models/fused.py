@@ -64,8 +64,10 @@ class FusedFunction:
                 return compiled(*args)
             except torch.OutOfMemoryError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - any compile failure (no Triton/compiler, inductor bug): eager
+            except Exception as exc:  # noqa: BLE001 - a compile failure (no Triton/compiler, inductor bug)...
+                out = self.fn(*args)  # ...unless the call itself is wrong: then eager raises that error here
                 _give_up(self.__name__, exc)
+                return out
         return self.fn(*args)
 
     def _compiled_for(self, varying: bool, args: tuple[Any, ...]) -> Callable[..., Any]:
@@ -213,12 +215,17 @@ def _capturing(x: torch.Tensor) -> bool:
 
 
 def _mark_dynamic_rows(args: tuple[Any, ...]) -> None:
-    """Tell dynamo (read when it compiles) which dims are dynamic: all but the last of every tensor argument."""
+    """Tell dynamo (read when it compiles) which dims are dynamic: all but the last of every tensor argument, and
+    the one dim of integer vectors (per-row indices such as a voxel's batch item; float vectors are per channel)."""
     for t in args:
-        if isinstance(t, torch.Tensor):
-            if t.ndim > 1:
-                torch._dynamo.maybe_mark_dynamic(t, list(range(t.ndim - 1)))
-            torch._dynamo.mark_static(t, t.ndim - 1)
+        if not isinstance(t, torch.Tensor):
+            continue
+        if t.ndim == 1 and not t.is_floating_point():
+            torch._dynamo.maybe_mark_dynamic(t, 0)
+            continue
+        if t.ndim > 1:
+            torch._dynamo.maybe_mark_dynamic(t, list(range(t.ndim - 1)))
+        torch._dynamo.mark_static(t, t.ndim - 1)
 
 
 def _with_own_code(fn: Callable[..., Any]) -> Callable[..., Any]:

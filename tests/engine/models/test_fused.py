@@ -166,6 +166,38 @@ def test_varying_rows_compiles_row_counts_dynamic_and_apart_from_the_static_call
     assert graphs == [(2, 10, 8), ("s", "s", 8), (2, 12, 8)]
 
 
+def test_the_slat_flow_compiles_once_for_objects_of_any_voxel_count(compile_on_cpu, monkeypatch):
+    graphs = []
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, backend=_recording(graphs), **kw))
+    gen = torch.Generator().manual_seed(210)
+    cfg = SLAT_PRESETS["tiny"]
+    flow = SlatFlowModel(cfg).eval()
+    kv = None
+    compiled_after = []
+    with torch.inference_mode():
+        kv = flow.condition_kv(torch.randn(1, 6, cfg.cond_channels, generator=gen))
+        for count in (300, 350, 420, 290):  # one object after another, as the worker runs them
+            keys = torch.randperm(24**3, generator=gen)[:count].sort().values
+            xyz = torch.stack([keys // 24**2, (keys // 24) % 24, keys % 24], 1)
+            velocity = SlatVelocity(flow, torch.cat([torch.zeros(count, 1, dtype=torch.int64), xyz], 1).int())
+            x = torch.randn(2, count, cfg.in_channels, generator=gen)
+            t = torch.rand(2, generator=gen) * 1000
+            velocity(x, t, None, flow.guided_kv(kv))
+            velocity(x[:1], t[:1], None, kv)
+            compiled_after.append(len(graphs))
+    assert fused.compile_failure() is None
+    assert compiled_after[1:] == compiled_after[:1] * 3  # nothing compiled after the first object
+
+
+def test_an_error_of_the_call_itself_leaves_compilation_on(compile_on_cpu):
+    gen = torch.Generator().manual_seed(211)
+    x, scale = torch.randn(2, 3, 8, generator=gen), torch.randn(2, 1, 8, generator=gen)
+    with torch.no_grad(), pytest.raises(RuntimeError):
+        fused.norm_modulate(x, torch.randn(2, 1, 7, generator=gen), scale, 1e-6)  # shift one channel short
+    assert fused.compile_failure() is None
+
+
 def test_nothing_compiles_while_a_cuda_graph_is_captured(compile_on_cpu, monkeypatch):
     graphs = []
     compile_ = torch.compile
