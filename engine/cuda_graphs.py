@@ -187,11 +187,18 @@ class CudaGraphBackend:
         torch.cuda.empty_cache()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
-            graph.capture_begin(pool=pool)
+            # thread_local: CUDA calls of other threads (the worker answering a status request) neither fail nor
+            # break the capture
+            graph.capture_begin(pool=pool, capture_error_mode="thread_local")
             try:
                 outputs = call()
-            finally:
-                graph.capture_end()
+            except BaseException:
+                try:
+                    graph.capture_end()
+                except Exception:  # noqa: BLE001 - the capture is already broken; report what broke it
+                    pass
+                raise
+            graph.capture_end()
         torch.cuda.current_stream(self.device).wait_stream(self.stream)
         return graph, outputs
 

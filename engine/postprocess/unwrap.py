@@ -5,8 +5,9 @@ mesh and CPU) and at about 3 s on 150k faces (27 s in one piece):
 
 * The mesh goes to xatlas in pieces of at most `PIECE_FACES` faces (cut along a Morton curve, so each piece is a
   compact patch), which it charts independently, on all cores, and packs into one atlas; on machines with more
-  cores than pieces, the pieces shrink (down to `MIN_PIECE_FACES`) until each core has one. Its chart growing
-  costs far more than linearly in the faces of a mesh; piece borders simply become chart borders.
+  cores than pieces, the pieces shrink (down to `MIN_PIECE_FACES`) until each core has one (so the charts, not
+  the result's quality, depend on the machine). Its chart growing costs far more than linearly in the faces
+  of a mesh; piece borders simply become chart borders.
 * Chart size is capped (`ChartOptions.max_chart_area` = surface area / `charts` with `charts` from the face
   count, about one chart per `FACES_PER_CHART` faces): xatlas's per-chart work also grows faster than the
   chart; more, smaller charts are much cheaper, and the bake closes their seams (conservative rasterisation at
@@ -61,7 +62,7 @@ def unwrap(mesh: Mesh, texture_size: int = 2048, padding: int = 4) -> tuple[Mesh
 
     # Pieces of at most PIECE_FACES faces, cut along a Morton curve through the face centroids (compact patches).
     n_pieces = max(1, math.ceil(faces.shape[0] / PIECE_FACES),
-                   min(os.cpu_count() or 1, math.ceil(faces.shape[0] / MIN_PIECE_FACES)))
+                   min(_usable_cores(), math.ceil(faces.shape[0] / MIN_PIECE_FACES)))
     order = np.argsort(_morton_codes(vertices[faces.astype(np.int64)].mean(axis=1)), kind="stable")
     pieces = np.array_split(order, n_pieces)
     atlas = xatlas.Atlas()
@@ -96,6 +97,13 @@ def unwrap(mesh: Mesh, texture_size: int = 2048, padding: int = 4) -> tuple[Mesh
         uvs=uvs,
     )
     return out, vertex_map
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (a container's or Blender's limit, not the host's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def _morton_codes(points: np.ndarray, bits: int = 10) -> np.ndarray:

@@ -69,7 +69,7 @@ def test_pieces_are_stitched_back_in_face_order(monkeypatch, piece_faces, min_pi
     # 3,000 faces -> 5 pieces of <= 700 faces; or, on 16 cores, 15 pieces of >= 200 faces
     monkeypatch.setattr(unwrap_module, "PIECE_FACES", piece_faces)
     monkeypatch.setattr(unwrap_module, "MIN_PIECE_FACES", min_piece_faces)
-    monkeypatch.setattr(unwrap_module.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(unwrap_module, "_usable_cores", lambda: cores)
     mesh, _ = clean_mesh(noisy_sphere(12_000, seed=5))
     low = decimate(mesh, 3_000)
     out, vertex_map = unwrap(low, texture_size=512, padding=4)
