@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torch import nn
 
 from engine.model_store import ModelStore, to_device
 from engine.models.attention import (
@@ -25,6 +24,7 @@ from engine.models.ss_flow import PRESETS as SS_PRESETS
 from engine.sampling import STAGE1, STAGE2, sample
 from engine.sparse.tensor import SparseTensor
 from tests.engine.parity import assert_close
+from tests.engine.random_inputs import random_voxels, randomized
 
 SS_TINY = SS_PRESETS["tiny"]
 SLAT_TINY = SLAT_PRESETS["tiny"]
@@ -35,7 +35,7 @@ SLAT_TINY = SLAT_PRESETS["tiny"]
 
 def test_cross_attention_over_all_zero_tokens_is_the_null_output_for_every_query():
     gen = torch.Generator().manual_seed(101)
-    layer = _randomized(CrossAttention(32, 24, 4), gen)
+    layer = randomized(CrossAttention(32, 24, 4), gen)
     x = torch.randn(3, 11, 32, generator=gen)
     with torch.no_grad():
         plain = layer(x, torch.zeros(3, 7, 24))
@@ -79,7 +79,7 @@ def test_guided_kv_holds_the_conditional_keys_values_once():
 def test_slat_flow_guided_kv_gives_the_velocity_of_the_zeroed_condition_batch():
     gen = torch.Generator().manual_seed(104)
     model = _random_slat_flow(SLAT_TINY, gen)
-    coords = _voxels(gen, 300, 24)
+    coords = random_voxels(gen, 300, 24)
     n = coords.shape[0]
     x = torch.randn(4, n, SLAT_TINY.in_channels, generator=gen)  # B = 2 conditional items, 2 unconditional
     t = torch.rand(4, generator=gen) * 1000
@@ -97,7 +97,7 @@ def test_slat_flow_guided_kv_on_items_with_different_voxels():
     # voxels found among the sorted coarse voxels.
     gen = torch.Generator().manual_seed(105)
     model = _random_slat_flow(SLAT_TINY, gen)
-    a, b = _voxels(gen, 200, 20), _voxels(gen, 260, 20)
+    a, b = random_voxels(gen, 200, 20), random_voxels(gen, 260, 20)
     coords = torch.cat([a, b.index_fill(1, torch.tensor([0]), 1)])  # item 0: a (conditional), item 1: b
     x = SparseTensor(coords, torch.randn(coords.shape[0], SLAT_TINY.in_channels, generator=gen))
     t = torch.rand(2, generator=gen) * 1000
@@ -126,7 +126,7 @@ def test_both_samplers_give_the_same_latents_with_the_guided_constants():
     stage1 = replace(STAGE1, steps=4, cfg_interval=(0.0, 1000.0))
     slat = _random_slat_flow(SLAT_TINY, gen)
     cond2 = torch.randn(1, 6, SLAT_TINY.cond_channels, generator=gen)
-    coords = _voxels(gen, 300, 24)
+    coords = random_voxels(gen, 300, 24)
     noise2 = torch.randn(1, coords.shape[0], SLAT_TINY.in_channels, generator=gen)
     stage2 = replace(STAGE2, steps=4)
     velocity2 = SlatVelocity(slat, coords)
@@ -240,22 +240,13 @@ def _normalize_reference(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x.double(), dim=-1) * gamma.detach().double() * x.shape[-1] ** 0.5
 
 
-def _randomized(module: nn.Module, gen: torch.Generator) -> nn.Module:
-    """Fresh random weights everywhere, biases included (the constant paths depend on them)."""
-    module.eval()
-    with torch.no_grad():
-        for p in module.parameters():
-            fan_in = p[0].numel() if p.dim() >= 2 else 1
-            p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5 * (1 if p.dim() >= 2 else 0.3))
-    return module
-
 
 def _random_ss_flow(cfg, gen: torch.Generator) -> SSFlow:
-    return _randomized(SSFlow(cfg), gen)
+    return randomized(SSFlow(cfg), gen)
 
 
 def _random_slat_flow(cfg, gen: torch.Generator) -> SlatFlowModel:
-    return _randomized(SlatFlowModel(cfg), gen)
+    return randomized(SlatFlowModel(cfg), gen)
 
 
 def _ss_latents(cfg, batch: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -263,10 +254,3 @@ def _ss_latents(cfg, batch: int, gen: torch.Generator) -> dict[str, torch.Tensor
     for name, channels in zip(POSE_MODALITIES, cfg.pose_channels):
         latents[name] = torch.randn(batch, 1, channels, generator=gen)
     return latents
-
-
-def _voxels(gen: torch.Generator, count: int, grid: int) -> torch.Tensor:
-    """`count` distinct random voxels of a grid^3, batch 0, lexicographic, (N, 4) int32."""
-    keys = torch.randperm(grid**3, generator=gen)[:count].sort().values
-    xyz = torch.stack([keys // grid**2, (keys // grid) % grid, keys % grid], dim=1)
-    return torch.cat([torch.zeros(count, 1, dtype=torch.int64), xyz], dim=1).int()

@@ -22,6 +22,7 @@ from engine.models.slat_flow import SlatFlowModel, SlatVelocity
 from engine.models.ss_flow import POSE_MODALITIES, SHAPE, SSFlow
 from engine.models.ss_flow import PRESETS as SS_PRESETS
 from tests.engine.parity import assert_close
+from tests.engine.random_inputs import random_voxels, randomized
 
 WHOLE_FLOWS = os.environ.get("THREEDFY_COMPILE_TESTS") == "1"
 
@@ -97,13 +98,13 @@ def test_a_compiled_chain_equals_the_eager_one_on_cpu(compile_on_cpu):
 @pytest.mark.skipif(not WHOLE_FLOWS, reason="compiles both tiny flows (~40 s cold): set THREEDFY_COMPILE_TESTS=1")
 def test_both_tiny_flows_compiled_equal_eager_on_cpu(compile_on_cpu):
     gen = torch.Generator().manual_seed(205)
-    ss, slat = _randomized(SSFlow(SS_PRESETS["tiny"]), gen), _randomized(SlatFlowModel(SLAT_PRESETS["tiny"]), gen)
+    ss, slat = randomized(SSFlow(SS_PRESETS["tiny"]), gen), randomized(SlatFlowModel(SLAT_PRESETS["tiny"]), gen)
     cfg = SS_PRESETS["tiny"]
     latents = {SHAPE: torch.randn(2, cfg.resolution**3, cfg.shape_channels, generator=gen)}
     for name, channels in zip(POSE_MODALITIES, cfg.pose_channels):
         latents[name] = torch.randn(2, 1, channels, generator=gen)
     t, d = torch.rand(2, generator=gen) * 1000, torch.rand(2, generator=gen) * 100
-    coords = _voxels(gen, 300, 24)
+    coords = random_voxels(gen, 300, 24)
     x2 = torch.randn(2, coords.shape[0], SLAT_PRESETS["tiny"].in_channels, generator=gen)
     velocity = SlatVelocity(slat, coords)
     with torch.no_grad():
@@ -173,14 +174,11 @@ def test_the_slat_flow_compiles_once_for_objects_of_any_voxel_count(compile_on_c
     gen = torch.Generator().manual_seed(210)
     cfg = SLAT_PRESETS["tiny"]
     flow = SlatFlowModel(cfg).eval()
-    kv = None
     compiled_after = []
     with torch.inference_mode():
         kv = flow.condition_kv(torch.randn(1, 6, cfg.cond_channels, generator=gen))
         for count in (300, 350, 420, 290):  # one object after another, as the worker runs them
-            keys = torch.randperm(24**3, generator=gen)[:count].sort().values
-            xyz = torch.stack([keys // 24**2, (keys // 24) % 24, keys % 24], 1)
-            velocity = SlatVelocity(flow, torch.cat([torch.zeros(count, 1, dtype=torch.int64), xyz], 1).int())
+            velocity = SlatVelocity(flow, random_voxels(gen, count, 24))
             x = torch.randn(2, count, cfg.in_channels, generator=gen)
             t = torch.rand(2, generator=gen) * 1000
             velocity(x, t, None, flow.guided_kv(kv))
@@ -261,18 +259,3 @@ def _reset() -> None:
     fused._failure = None
     for f in _functions():
         f._compiled = {}
-
-
-def _randomized(module: torch.nn.Module, gen: torch.Generator) -> torch.nn.Module:
-    module.eval()
-    with torch.no_grad():
-        for p in module.parameters():
-            fan_in = p[0].numel() if p.dim() >= 2 else 1
-            p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5 * (1 if p.dim() >= 2 else 0.3))
-    return module
-
-
-def _voxels(gen: torch.Generator, count: int, grid: int) -> torch.Tensor:
-    keys = torch.randperm(grid**3, generator=gen)[:count].sort().values
-    xyz = torch.stack([keys // grid**2, (keys // grid) % grid, keys % grid], dim=1)
-    return torch.cat([torch.zeros(count, 1, dtype=torch.int64), xyz], dim=1).int()
