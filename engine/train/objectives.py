@@ -27,6 +27,17 @@ def sample_t(count: int, rescale_t: float, generator: torch.Generator | None = N
     return u / (1 + (rescale_t - 1) * (1 - u))
 
 
+def with_early_times(t: torch.Tensor, share: float, bound: float,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """t with a random `share` of its entries redrawn uniformly from [0, bound). Near the noise end the latent still
+    holds almost nothing of the object (stage 2: its colours), so the flow can only take it from the picture; the
+    sampler's own spacing trains there too rarely for the flow to learn to look."""
+    if share <= 0:
+        return t
+    early = torch.rand(t.shape, generator=generator, device=t.device) < share
+    return torch.where(early, torch.rand(t.shape, generator=generator, device=t.device) * bound, t)
+
+
 def noise_like(x: Any, generator: torch.Generator | None = None) -> Any:
     """Standard normal noise shaped like a tensor or a dict of tensors (float32)."""
     if isinstance(x, dict):

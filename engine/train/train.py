@@ -18,7 +18,8 @@ Four stages, in order, each with its share of the time budget (`TrainConfig`):
 4. `stage2`  — the stage-2 fuser (its DINO starts from stage 1's) and the SLAT flow on the normalised latents of
    the object's surface voxels; besides the velocity loss, the clean latent the velocity predicts
    (x1 = x_t + (1 − t)·v) goes through the frozen Gaussian decoder of stage `slat_ae`, and its colours are held
-   to the voxels' true colour (`colour_weight`): without it the flow learnt geometry and left colours dull.
+   to the voxels' true colour (`colour_weight`): without it the flow learnt geometry and left colours dull. Half
+   the training times are drawn near the noise end (`early_share`), where only the picture tells the colours.
 
 Both flows keep an exponential moving average of their weights; the export uses it. Data: scenes of
 `engine.train.dataset.SyntheticData` (train split), drawn in worker processes and rendered on the device; stage
@@ -27,7 +28,8 @@ Both flows keep an exponential moving average of their weights; the export uses 
 Output folder: `state.json` (config, per-stage progress and results), `checkpoints/<stage>.pt` (weights,
 optimiser, EMA, step, elapsed seconds, data position, RNG), `log.jsonl` (one line per log interval) and, when all
 stages are done, `export/` (`export.py`). Checkpoints are written every `save_every` seconds and at the end of a
-stage; `--resume` continues from them (a killed command loses at most `save_every` seconds).
+stage; `--resume` continues from them (a killed command loses at most `save_every` seconds). `--from-export`
+starts a run whose stage 2 continues an exported model's (`finetune.py`).
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import MODEL_NAMES
-from ..errors import InputError
+from ..errors import EngineError, InputError
 from ..frames import opengl_to_p3d
 from ..model_store import build
 from ..models.condition import ConditionEmbedder
@@ -67,6 +69,7 @@ from . import objectives as obj
 from .dataset import Batch, DataConfig, SyntheticData
 from .demo import PRESETS, DemoModel
 from .export import config_from_dict, config_to_dict, write_demo
+from .finetune import seed_run
 from .model_inputs import object_inputs
 from .render import render
 from .scenes import SceneBatch
@@ -109,6 +112,11 @@ class TrainConfig:
     # Stage 2: weight of the decoded-colour loss (the frozen Gaussian decoder's colours of the predicted clean
     # latent against the voxels' true colour). The velocity loss alone let the flow ignore the picture's colours.
     colour_weight: float = 1.0
+    # Stage 2: share of the training times redrawn from [0, early_bound) (`objectives.with_early_times`). With the
+    # sampler's uniform times the flow read colours from x_t alone (from t = 0.1 on they are already there) and
+    # ignored the picture: at t = 0 its colours were the same with the real, a zero or another object's condition.
+    early_share: float = 0.5
+    early_bound: float = 0.1
     min_pixels: int = 24  # objects with fewer visible pixels are not trained on
     ae_max_voxels: int = 1024  # the autoencoder sees at most this many neighbouring voxels of an object per step
     ema_decay: float = 0.999
@@ -214,6 +222,11 @@ class Run:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         return {**ckpt["modules"], **ckpt.get("ema", {})}
 
+    def initial_weights(self, name: str) -> dict[str, dict[str, torch.Tensor]] | None:
+        """Weights a stage starts from instead of its initialisation (`checkpoints/<name>.init.pt`), or None."""
+        path = self.out / "checkpoints" / f"{name}.init.pt"
+        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
     def export(self, folder: Path) -> Path:
         weights = {}
         for stage in STAGES:
@@ -226,6 +239,7 @@ class Run:
             "stages": self.state["stages"],
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else str(self.device),
             "torch": torch.__version__,
+            **({"from_export": self.state["from_export"]} if "from_export" in self.state else {}),
         }
         write_demo(folder, config, {name: weights[name] for name in MODEL_NAMES}, training)
         self.log(f"exported the demo weights to {folder}")
@@ -485,6 +499,10 @@ class Stage2(Stage):
         first = run.final_weights("stage1")
         if first is not None:  # the whole image/mask branch starts from stage 1's: DINO, projections, group rows
             self.modules["slat_condition"].load_state_dict(_image_branch(first["ss_condition"]))
+        start = run.initial_weights(self.name)
+        if start is not None:  # a run seeded from an export (`finetune.py`) continues its stage-2 networks
+            for name, module in self.modules.items():
+                module.load_state_dict(start[name])
         self.encoder = SlatEncoder(self.model.slat_encoder).to(self.device)
         ae = run.final_weights("slat_ae")
         results = run.state["stages"].get("slat_ae", {}).get("results", {})
@@ -521,6 +539,7 @@ class Stage2(Stage):
         q = inputs["condition"]["image"].shape[0]
         x0 = obj.noise_like(x1, generator)
         t = obj.sample_t(q, self.rescale_t, generator, self.device)
+        t = obj.with_early_times(t, self.cfg.early_share, self.cfg.early_bound, generator)
         t_row = t[coords[:, 0].long()][:, None]  # (N, 1)
         xt = obj.interpolate(x0, x1, t_row)
         with self.autocast():
@@ -929,6 +948,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=None, help="scene-drawing processes")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--export", type=Path, default=None, help="export folder (default OUT/export)")
+    parser.add_argument("--from-export", type=Path, default=None,
+                        help="train stage 2 again from these demo weights (see finetune.py); --minutes is its budget")
+    parser.add_argument("--slat-encoder", type=Path, default=None,
+                        help="with --from-export: the SLAT encoder (a run's checkpoints/slat_ae.pt)")
     args = parser.parse_args(argv)
 
     config = TRAIN_PRESETS[args.preset]
@@ -939,13 +962,21 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         parser.error(f"unknown stages {unknown}; choose from {', '.join(STAGES)}")
+    if args.from_export is not None:
+        if args.slat_encoder is None or args.resume:
+            parser.error("--from-export needs --slat-encoder and a new --out (not --resume)")
+        try:
+            seed_run(args.out, config, args.from_export, args.slat_encoder)
+        except EngineError as e:
+            parser.exit(2, f"error: {e}\n")
+        args.resume = True
     if args.resume and args.minutes is None and (args.out / "state.json").is_file():
         saved = json.loads((args.out / "state.json").read_text())
         config = replace(config, minutes=saved["config"]["minutes"])
     try:
         folder = train(args.out, config, args.device, args.resume, stages, args.max_steps, args.export,
                        log=lambda s: print(s, flush=True))  # fmt: skip
-    except InputError as e:
+    except EngineError as e:
         parser.exit(2, f"error: {e}\n")
     if folder is not None:
         print(f"weights: {folder}", flush=True)

@@ -152,6 +152,17 @@ def test_training_times_follow_the_samplers_warp():
     torch.testing.assert_close(xt + (1 - tt) * objectives.velocity_target(x0, x1), x1)
 
 
+def test_early_times_redraw_the_given_share_near_the_noise_end():
+    g = torch.Generator().manual_seed(4)
+    t = objectives.sample_t(20000, 1.0, g)
+    early = objectives.with_early_times(t, 0.5, 0.1, g)
+    changed = early != t
+    assert float(changed.float().mean()) == pytest.approx(0.5, abs=0.02)
+    assert float(early[changed].max()) < 0.1 and float(early[changed].min()) >= 0
+    assert float((early < 0.1).float().mean()) == pytest.approx(0.5 + 0.5 * 0.1, abs=0.02)
+    assert torch.equal(objectives.with_early_times(t, 0.0, 0.1, g), t)
+
+
 def test_condition_dropout_zeroes_whole_objects():
     g = torch.Generator().manual_seed(0)
     cond = torch.randn(400, 5, 3, generator=g) + 3
@@ -329,3 +340,50 @@ def test_demo_sizes_keep_the_stage_structure_and_fit_50_mb():
     assert stored * 2 <= 50 * 2**20
     for preset in PRESETS.values():
         assert config_from_dict(PipelineConfig, json.loads(json.dumps(config_to_dict(preset.pipeline)))) == preset.pipeline
+
+
+def test_a_run_from_an_export_trains_stage_2_from_its_networks(exported, tmp_path):
+    from safetensors.torch import load_file
+
+    from engine.train.finetune import seed_run
+
+    source = exported.parent  # the micro run folder: its slat_ae checkpoint holds the SLAT encoder
+    out = tmp_path / "again"
+    seed_run(out, MICRO, exported, source / "checkpoints" / "slat_ae.pt")
+    with pytest.raises(InputError):  # never over an existing run
+        seed_run(out, MICRO, exported, source / "checkpoints" / "slat_ae.pt")
+    run = Run(out, MICRO, "cpu", resume=True, log=lambda s: None)
+    stage = STAGE_CLASSES["stage2"](run)
+    flow = stage.modules["slat_flow"].state_dict()
+    stored = load_file(str(exported / "slat_flow.safetensors"))
+    for key, value in stored.items():  # starts from the export's networks, not from stage 1's image branch
+        torch.testing.assert_close(flow[key], value.float(), rtol=0, atol=0, msg=key)
+    encoder = torch.load(source / "checkpoints" / "slat_ae.pt", weights_only=False)["modules"]["slat_encoder"]
+    for key, value in encoder.items():
+        torch.testing.assert_close(stage.encoder.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+    folder = train(out, MICRO, "cpu", resume=True, stages=("stage2",), max_steps=2, log=lambda s: None)
+    assert folder is None  # micro's stage 2 has 8 steps
+    folder = train(out, MICRO, "cpu", resume=True, stages=("stage2",), log=lambda s: None)
+    manifest = json.loads((folder / "demo.json").read_text())
+    assert manifest["training"]["from_export"]["folder"] == str(exported)
+    assert manifest["training"]["stages"]["stage2"]["step"] == MICRO.stage2.steps
+    for name in ("ss_flow", "mesh_decoder"):  # the other networks are the export's, unchanged
+        before, after = load_file(str(exported / f"{name}.safetensors")), load_file(str(folder / f"{name}.safetensors"))
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not torch.equal(load_file(str(folder / "slat_flow.safetensors"))["out_layer.weight"],
+                           stored["out_layer.weight"])  # fmt: skip
+
+
+def test_a_run_from_an_export_refuses_a_file_without_the_slat_encoder(exported, tmp_path):
+    from engine.errors import WeightsError
+    from engine.train.finetune import seed_run
+
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"modules": {"gs_decoder": {}}}, wrong)
+    with pytest.raises(WeightsError, match="no SLAT encoder"):
+        seed_run(tmp_path / "run", MICRO, exported, wrong)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot be read"):
+        seed_run(tmp_path / "run", MICRO, exported, tmp_path / "junk.pt")
+    assert not (tmp_path / "run" / "state.json").exists()
