@@ -16,7 +16,8 @@ Shapes are static (stage 1's never change; static code costs the least host time
 of a tensor argument but the last is dynamic from the first compile, the last (channels, head dim) static, so
 norms still reduce over a known width (sizes 0 and 1 get graphs of their own). The two kinds are compiled and
 cached apart. Compilation happens on the first call with new shapes, so warm up before capturing a CUDA graph;
-while a capture runs nothing recompiles (new shapes run eagerly). The compiled code does no host
+while a capture runs nothing recompiles (new shapes run eagerly), nor once a function has reached dynamo's
+recompile limit (its compiled shapes keep their code; the others run eagerly). The compiled code does no host
 synchronisation.
 
 Shapes: G groups of L tokens (the SS flow's batch rows, or the SLAT flow's batch items; one group when the
@@ -53,12 +54,13 @@ class FusedFunction:
         functools.update_wrapper(self, fn)
         self.fn = fn
         self._compiled: dict[bool, Callable[..., Any]] = {}  # varying rows? -> compiled function
+        self.saturated = False  # dynamo's recompile limit reached: the graphs it has serve, new shapes run eagerly
 
     def __call__(self, *args: Any) -> Any:
         if _compiles(args[0]):
             try:
                 compiled = self._compiled_for(_varying.get(), args)
-                if _capturing(args[0]):
+                if _capturing(args[0]) or self.saturated:
                     with torch.compiler.set_stance("eager_on_recompile"):  # no compiling inside a CUDA graph
                         return compiled(*args)
                 return compiled(*args)
@@ -66,7 +68,12 @@ class FusedFunction:
                 raise
             except Exception as exc:  # noqa: BLE001 - a compile failure (no Triton/compiler, inductor bug)...
                 out = self.fn(*args)  # ...unless the call itself is wrong: then eager raises that error here
-                _give_up(self.__name__, exc)
+                if type(exc).__name__ == "FailOnRecompileLimitHit":  # torch._dynamo.exc's
+                    # Many shapes or dtypes in one process (a float32 reference beside bf16 runs, several
+                    # presets): keep what is compiled rather than turning compilation off for everything.
+                    self.saturated = True
+                else:
+                    _give_up(self.__name__, exc)
                 return out
         return self.fn(*args)
 

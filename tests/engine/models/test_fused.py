@@ -212,6 +212,26 @@ def test_nothing_compiles_while_a_cuda_graph_is_captured(compile_on_cpu, monkeyp
     assert_close(out, fused.norm_modulate.fn(x[:, :5], shift, scale, 1e-6), 0, 0, "eager during the capture")
 
 
+def test_past_the_recompile_limit_new_shapes_run_eagerly_and_compiled_ones_stay(compile_on_cpu, monkeypatch):
+    graphs = []
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, backend=_recording(graphs), **kw))
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    gen = torch.Generator().manual_seed(212)
+    shift, scale = torch.randn(2, 2, 1, 8, generator=gen)
+    inputs = [torch.randn(2, n, 8, generator=gen) for n in (3, 4, 5, 6)]
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outs = [fused.norm_modulate(x, shift, scale, 1e-6) for x in inputs]  # the third shape hits the limit
+        fused.norm_modulate(inputs[0], shift, scale, 1e-6)  # a compiled shape: its code, no new graph
+        fused.norm_modulate(inputs[3], shift, scale, 1e-6)  # past the limit: eager, no new graph
+    assert graphs == [(2, 3, 8), (2, 4, 8)]
+    assert fused.norm_modulate.saturated and fused.compile_failure() is None
+    assert not [w for w in caught if "THREEDFY_COMPILE" in str(w.message)]  # compilation was not turned off
+    for x, out in zip(inputs, outs):
+        assert_close(out, fused.norm_modulate.fn(x, shift, scale, 1e-6), 1e-6, 1e-6, "past the limit")
+
+
 def test_a_compile_failure_warns_once_and_runs_eagerly(compile_on_cpu, monkeypatch):
     def broken(fn, **kw):
         def run(*a):
@@ -259,3 +279,4 @@ def _reset() -> None:
     fused._failure = None
     for f in _functions():
         f._compiled = {}
+        f.saturated = False
