@@ -39,6 +39,7 @@ class PipelineConfig:
     prune_interior: bool = True  # pipeline.yaml downsample_ss_dist = 1: keep the surface shell of the occupancy
     max_voxels: int = 42000  # voxel cap before stage 2 (above it the grid is halved)
     mesh_resolution: int = 256  # FlexiCubes grid of the mesh decoder's output (64 voxels x 4)
+    refine_layout: bool = False  # fit each pose to its mask and pointmap after stage 1 (`layout_fit.py`)
 
 
 def preset(name: str) -> PipelineConfig:

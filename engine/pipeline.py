@@ -31,6 +31,7 @@ from .depth import DEFAULT_WEIGHTS as DEFAULT_DEPTH_WEIGHTS
 from .depth import DepthEstimator
 from .errors import Cancelled, EngineError, InputError, OutOfMemoryError
 from .images import to_mask, to_rgb_float
+from .layout_fit import fit_layout, voxel_points
 from .mesh_extraction import decoded_to_mesh
 from .model_store import ModelStore, Provider
 from .models.attention import attention_kernels
@@ -48,6 +49,7 @@ OUTPUTS = ("mesh", "gaussians")
 # Attention kernels the flow transformers prefer on a GPU (`attention_kernels`; empty: PyTorch's default order).
 FLOW_ATTENTION_KERNELS: tuple[str, ...] = ()
 STAGES = ("pointmap", "condition", "geometry", "voxels", "texture", "gaussians", "mesh", "postprocess")  # in order
+# ("layout", when the layout is refined, runs between "voxels" and "texture")
 
 
 @dataclass
@@ -129,6 +131,7 @@ class Pipeline:
         progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
         postprocess: PostprocessOptions | None = PostprocessOptions(),
+        refine_layout: bool | None = None,
     ) -> ReconstructionResult:
         """Reconstruct every masked object of one picture.
 
@@ -140,6 +143,8 @@ class Pipeline:
         cancel: an Event checked between sampler steps and stages (raises `Cancelled`); postprocess: the options
         that turn each raw decoder mesh into a clean, decimated, UV-unwrapped, textured one (`postprocess/`), or
         None for the raw mesh (vertex colours). The raw mesh is kept in `ObjectResult.raw_mesh` either way.
+        refine_layout: fit each pose's translation and scale to its mask and the pointmap before stage 2
+        (`layout_fit.py`; None: the configuration's `refine_layout`).
         """
         stage1, stage2 = samplers_for(self.config, quality)
         outputs = tuple(outputs)
@@ -159,6 +164,8 @@ class Pipeline:
             objects = self._prepare(rgb, mask_list, points_p3d, seed, noise, run)
             self._stage1(objects, stage1, run)
             self._voxels(objects, run)
+            if self.config.refine_layout if refine_layout is None else refine_layout:
+                self._refine_layout(objects, mask_list, points_p3d, k, run)
             self._stage2(objects, stage2, run)
             results = self._decode(objects, outputs, run)
             if postprocess is not None and "mesh" in outputs:
@@ -267,6 +274,27 @@ class Pipeline:
                 obj.pose = decode_pose(pose_raw, obj.inputs.pointmap_scale, obj.inputs.pointmap_shift, factor)
                 run.check()
             self.models.done_with("ss_decoder")
+
+    def _refine_layout(self, objects: list[_Object], masks: list[np.ndarray], points_p3d: np.ndarray, k: np.ndarray,
+                       run: _Run) -> None:
+        """Fit each pose to its mask and the pointmap; other objects' masks may hide it, so they are left out of its
+        comparison. raw["layout.pose_model"]: the model's pose (w, x, y, z, tx, ty, tz, scale); raw["layout.fit"]:
+        silhouette IoU before and after, and the depth ratio applied (NaN: not measured)."""
+        with run.stage("layout"):
+            taken = [m > 0.5 for m in masks]
+            for n, obj in enumerate(objects):
+                others = [t for i, t in enumerate(taken) if i != obj.index]
+                ignore = np.logical_or.reduce(others) & ~taken[obj.index] if others else None
+                side = obj.raw["ss_logits"].shape[-1]  # occupancy grid side (64)
+                fit = fit_layout(voxel_points(obj.coords.cpu(), side), obj.pose, masks[obj.index], points_p3d, k,
+                                 1.0 / side, ignore)  # fmt: skip
+                p = obj.pose
+                obj.raw["layout.pose_model"] = torch.cat([p.rotation.float(), p.translation.float(),
+                                                          torch.tensor([p.scale])])  # fmt: skip
+                obj.raw["layout.fit"] = torch.tensor([fit.iou_before, fit.iou_after, fit.depth_ratio])
+                obj.pose = fit.pose
+                run.report("layout", (n + 1) / len(objects))
+                run.check()
 
     def _stage2(self, objects: list[_Object], settings: SamplerSettings, run: _Run) -> None:
         """Stage-2 condition tokens and the structured-latent flow on each object's voxels."""

@@ -34,7 +34,8 @@ __all__ = ["RunInputs", "RunOptions", "ReconstructionRun", "stage_label", "activ
 
 STAGE_LABELS = {
     "load": "Loading the model", "download": "Downloading weights", "pointmap": "Estimating depth",
-    "condition": "Reading the picture", "geometry": "Shape and pose", "voxels": "Voxels", "texture": "Texture",
+    "condition": "Reading the picture", "geometry": "Shape and pose", "voxels": "Voxels",
+    "layout": "Fitting the layout to the mask", "texture": "Texture",
     "gaussians": "Gaussians", "mesh": "Mesh", "write": "Writing results", "queued": "Waiting for the engine",
     "starting": "Starting the engine", "scene": "Building the scene",
 }

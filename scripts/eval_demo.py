@@ -27,6 +27,10 @@ alone; the mask IoU then measures the pose with the true shape); --true-pose sco
 (the predicted shape's share); --swap-rb swaps the picture's red and blue channels and scores against
 swapped truth colours, so a model that reads colours from the picture scores about the same, and one that ignores
 them does worse.
+
+Layout: --refine-layout on|off|default runs the pipeline's layout fit (`engine/layout_fit.py`: each pose's
+translation and scale fitted to its mask and the pointmap) or not, or as the weights' configuration says; refined
+objects also record the mask IoU with the model's own pose (`mask_iou_before_layout`) and the fit's figures.
 """
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.errors import EngineError  # noqa: E402
 from engine.frames import p3d_to_opencv  # noqa: E402
 from engine.pipeline import Pipeline  # noqa: E402
+from engine.pose import Pose  # noqa: E402
 from engine.postprocess import PostprocessOptions  # noqa: E402
 from engine.postprocess.raster import rasterize_uv  # noqa: E402
 from engine.train.dataset import DataConfig, SyntheticData  # noqa: E402
@@ -58,6 +63,7 @@ TARGETS = {"voxel_iou": (">=", 0.6), "mask_iou": (">=", 0.8), "colour_error": ("
 LABELS = {"voxel_iou": "voxel IoU (object frame)", "mask_iou": "mask IoU (placed mesh)",
           "colour_error": "colour error (mesh, RGB 0-1)"}  # fmt: skip
 FAILED = {"voxel_iou": 0.0, "mask_iou": 0.0, "colour_error": 1.0}
+REFINE_LAYOUT = {"on": True, "off": False, "default": None}  # --refine-layout -> reconstruct(refine_layout=...)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -82,6 +88,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--true-pose", action="store_true",
                         help="score the mask IoU with the true pose (the shape's share of the error)")
     parser.add_argument("--swap-rb", action="store_true", help="swap red and blue in the picture and in the truth")
+    parser.add_argument("--refine-layout", choices=sorted(REFINE_LAYOUT), default="default",
+                        help="fit each pose to its mask and pointmap before stage 2 (default: as the weights' "
+                             "configuration says)")  # fmt: skip
     args = parser.parse_args(argv)
 
     config, provider, identity = open_demo(args.weights)
@@ -98,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     for i in range(args.images):
         records += evaluate_image(pipe, data, i, args.min_pixels, args.quality,
                                   PostprocessOptions() if args.postprocess else None, args.swap_rb,
-                                  args.true_pose)  # fmt: skip
+                                  args.true_pose, REFINE_LAYOUT[args.refine_layout])  # fmt: skip
         if (i + 1) % 20 == 0 or i + 1 == args.images:
             print(f"{i + 1}/{args.images} images, {len(records)} objects, {time.perf_counter() - start:.0f} s",
                   flush=True)  # fmt: skip
@@ -106,6 +115,9 @@ def main(argv: list[str] | None = None) -> dict:
     summary.update(images=args.images, seconds=time.perf_counter() - start, weights=str(args.weights),
                    quality=args.quality, postprocess=args.postprocess, device=str(pipe.device),
                    given_voxels=args.given_voxels, swap_rb=args.swap_rb, true_pose=args.true_pose,
+                   refine_layout=args.refine_layout,
+                   refine_layout_applied=(config.refine_layout if REFINE_LAYOUT[args.refine_layout] is None
+                                          else REFINE_LAYOUT[args.refine_layout]),
                    stage1=asdict(config.stage1),
                    stage2=asdict(config.stage2))  # fmt: skip
     print(table(summary))
@@ -116,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def evaluate_image(pipe: Pipeline, data: SyntheticData, index: int, min_pixels: int, quality: str,
                    postprocess: PostprocessOptions | None = None, swap_rb: bool = False,
-                   true_pose: bool = False) -> list[dict]:  # fmt: skip
+                   true_pose: bool = False, refine_layout: bool | None = None) -> list[dict]:  # fmt: skip
     batch = data.batch([index], device=pipe.device)  # rendered and scored where the pipeline runs
     views, targets, scenes = batch.views, batch.targets, batch.scenes
     masks = batch.masks[0]  # (K, H, W)
@@ -133,7 +145,8 @@ def evaluate_image(pipe: Pipeline, data: SyntheticData, index: int, min_pixels: 
     mask_arrays = [masks[k].cpu().numpy() for k in keep]
     try:
         result = pipe.reconstruct(image, mask_arrays, pointmap=pointmap, intrinsics=k_matrix, seed=index,
-                                  quality=quality, outputs=("mesh",), postprocess=postprocess)  # fmt: skip
+                                  quality=quality, outputs=("mesh",), postprocess=postprocess,
+                                  refine_layout=refine_layout)  # fmt: skip
         objects = result.objects
     except EngineError:  # one object without a shape fails the call: score the objects one by one
         objects = []
@@ -142,7 +155,8 @@ def evaluate_image(pipe: Pipeline, data: SyntheticData, index: int, min_pixels: 
                 pipe.truth = [targets.occupancy[0, k]]
             try:
                 objects += pipe.reconstruct(image, [m], pointmap=pointmap, intrinsics=k_matrix, seed=index,
-                                            quality=quality, outputs=("mesh",), postprocess=postprocess).objects
+                                            quality=quality, outputs=("mesh",), postprocess=postprocess,
+                                            refine_layout=refine_layout).objects  # fmt: skip
             except EngineError:
                 objects.append(None)
     records = []
@@ -161,6 +175,13 @@ def evaluate_image(pipe: Pipeline, data: SyntheticData, index: int, min_pixels: 
             )
             if true_pose:  # both, for comparison in the JSON
                 record["mask_iou_model_pose"] = mask_iou(found.mesh, found.pose, views.intrinsics[0], masks[k], others)
+            if "layout.pose_model" in found.raw:  # refined: the model's own pose scored too, and the fit's figures
+                model = found.raw["layout.pose_model"]
+                model_pose = Pose(model[:4], model[4:7], float(model[7]))
+                record["mask_iou_before_layout"] = mask_iou(found.mesh, model_pose, views.intrinsics[0], masks[k],
+                                                            others)  # fmt: skip
+                record["layout_fit"] = dict(zip(("silhouette_iou_before", "silhouette_iou_after", "depth_ratio"),
+                                                found.raw["layout.fit"].tolist()))  # fmt: skip
         records.append(record)
     return records
 

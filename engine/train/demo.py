@@ -87,6 +87,7 @@ def _demo() -> DemoModel:
         stage1=replace(STAGE1, steps=12, cfg_strength=1.0),  # CPU: a third of the official network evaluations
         # No guidance in stage 2: it changed no colour of the first demo run, and it doubles the network calls
         stage2=replace(STAGE2, steps=12, cfg_strength=0.0),
+        refine_layout=True,  # the small model's poses gain from the fit to mask and pointmap (layout_fit.py)
     )
     return DemoModel(pipeline, ss_encoder.PRESETS["demo"], slat_encoder.PRESETS["demo"])
 

@@ -101,6 +101,8 @@ def open_demo(folder: str | Path, *, check: bool = False, **_options: Any) -> tu
     folder = Path(folder)
     manifest = read_manifest(folder)
     config = config_from_dict(PipelineConfig, manifest["config"])
+    if "refine_layout" not in manifest["config"]:  # written before the option existed: the demo model's default
+        config = dataclasses.replace(config, refine_layout=True)
     files = manifest["files"]
     for name in MODEL_NAMES:
         if name not in files or not (folder / files[name]).is_file():
