@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cfg1", type=float, default=None, help="override the stage-1 guidance strength")
     parser.add_argument("--steps2", type=int, default=None, help="override the stage-2 sampler's steps")
     parser.add_argument("--cfg2", type=float, default=None, help="override the stage-2 guidance strength")
+    parser.add_argument("--rescale2", type=float, default=None, help="override the stage-2 sampler's time warp")
     parser.add_argument("--given-voxels", action="store_true",
                         help="stage 2 alone, on the true surface voxels (scores colour only)")  # fmt: skip
     parser.add_argument("--true-pose", action="store_true",
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     config, provider, identity = open_demo(args.weights)
     config = replace(config, stage1=_sampler(config.stage1, args.steps1, args.cfg1),
-                     stage2=_sampler(config.stage2, args.steps2, args.cfg2))  # fmt: skip
+                     stage2=_sampler(config.stage2, args.steps2, args.cfg2, args.rescale2))  # fmt: skip
     kind = GivenVoxelsPipeline if args.given_voxels else Pipeline
     pipe = kind(config, provider, device=args.device, weights_id=identity)
     if pipe.device.type == "cuda":  # cuDNN attention plans every new voxel count anew (~10 ms each)
@@ -289,10 +290,9 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _sampler(settings, steps, cfg):
-    if steps is not None:
-        settings = replace(settings, steps=steps)
-    return replace(settings, cfg_strength=cfg) if cfg is not None else settings
+def _sampler(settings, steps, cfg, rescale=None):
+    overrides = {"steps": steps, "cfg_strength": cfg, "rescale_t": rescale}
+    return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def _median(values: list[float]) -> float:
