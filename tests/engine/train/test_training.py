@@ -252,6 +252,7 @@ def test_stage2s_colour_loss_is_the_decoded_colour_error_and_reaches_the_picture
         stage.cfg = replace(MICRO, colour_weight=weight)
         terms = stage.losses(inputs, torch.Generator().manual_seed(1))  # the same noise and times
         grads.append(torch.autograd.grad(terms["loss"], projection)[0])
+        assert ("colour" in terms) == (weight > 0)  # weight 0 skips the decoder (a third of a step's time)
     assert 0 < float(terms["colour"]) < 1
     assert float((grads[1] - grads[0]).abs().max()) > 1e-3 * float(grads[0].abs().max())
     assert all(not p.requires_grad for p in decoder.parameters())
