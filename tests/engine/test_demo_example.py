@@ -50,7 +50,7 @@ def test_the_demo_model_places_each_object_in_its_colour_with_its_rough_shape(re
     for obj in found.objects:
         expected = truth["objects"][obj.mask_index]
         iou = _iou(solid_voxels(obj.mesh.vertices, obj.mesh.faces), _truth(expected["name"]))
-        assert iou >= 0.4, f"{expected['name']}: voxel IoU {iou:.2f}"
+        assert iou >= 0.5, f"{expected['name']}: voxel IoU {iou:.2f}"  # the issue's "box-like, sphere-like"
 
         colour = surface_colour(obj)  # display RGB in [0, 1]
         channel = int(np.argmax(expected["colour"]))  # red box: R, green sphere: G
@@ -58,16 +58,15 @@ def test_the_demo_model_places_each_object_in_its_colour_with_its_rough_shape(re
         assert colour[channel] > 1.5 * np.delete(colour, channel).max(), f"{expected['name']}: {colour.round(2)}"
 
 
-@pytest.mark.xfail(reason="issue 8 open: the demo model rounds the box (run 2: voxel IoU 0.50 against the box, "
-                          "0.80 against the sphere); more stage-1 training", strict=False)  # fmt: skip
-def test_the_box_comes_back_box_like_and_the_sphere_sphere_like(result):
+@pytest.mark.xfail(reason="issue 8 open: the demo model rounds the box (session 5: voxel IoU 0.59 against the box, "
+                          "0.82 against the sphere)", strict=False)  # fmt: skip
+def test_each_object_is_closer_to_its_own_shape_than_to_the_other(result):
     truth, found = result
     for obj in found.objects:
         expected = truth["objects"][obj.mask_index]
         solid = solid_voxels(obj.mesh.vertices, obj.mesh.faces)
         iou = _iou(solid, _truth(expected["name"]))
         others = [_iou(solid, _truth(o["name"])) for o in truth["objects"] if o is not expected]
-        assert iou >= 0.5, f"{expected['name']}: voxel IoU {iou:.2f}"
         assert iou > max(others), f"{expected['name']}: looks more like another object ({iou:.2f} vs {others})"
 
 
