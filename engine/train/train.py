@@ -19,7 +19,8 @@ Four stages, in order, each with its share of the time budget (`TrainConfig`):
    the object's surface voxels; besides the velocity loss, the clean latent the velocity predicts
    (x1 = x_t + (1 − t)·v) goes through the frozen Gaussian decoder of stage `slat_ae`, and its colours are held
    to the voxels' true colour (`colour_weight`): without it the flow learnt geometry and left colours dull. Half
-   the training times are drawn near the noise end (`early_share`), where only the picture tells the colours.
+   the training times are drawn near the noise end (`early_share`), where only the picture tells the colours;
+   the condition is zeroed for 10 % of the objects, as in stage 1 (the demo samples stage 2 with guidance 2).
 
 Both flows keep an exponential moving average of their weights; the export uses it. Data: scenes of
 `engine.train.dataset.SyntheticData` (train split), drawn in worker processes and rendered on the device; stage
