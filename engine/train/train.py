@@ -956,6 +956,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="train stage 2 again from these demo weights (see finetune.py); --minutes is its budget")
     parser.add_argument("--slat-encoder", type=Path, default=None,
                         help="with --from-export: the SLAT encoder (a run's checkpoints/slat_ae.pt)")
+    parser.add_argument("--restart-stage2", action="store_true",
+                        help="with --from-export: train stage 2 afresh on the export's first stages, as a whole run "
+                             "would, instead of continuing the export's")  # fmt: skip
     args = parser.parse_args(argv)
 
     config = TRAIN_PRESETS[args.preset]
@@ -966,11 +969,13 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         parser.error(f"unknown stages {unknown}; choose from {', '.join(STAGES)}")
+    if args.restart_stage2 and args.from_export is None:
+        parser.error("--restart-stage2 goes with --from-export")
     if args.from_export is not None:
         if args.slat_encoder is None or args.resume:
             parser.error("--from-export needs --slat-encoder and a new --out (not --resume)")
         try:
-            seed_run(args.out, config, args.from_export, args.slat_encoder)
+            seed_run(args.out, config, args.from_export, args.slat_encoder, restart=args.restart_stage2)
         except EngineError as e:
             parser.exit(2, f"error: {e}\n")
         args.resume = True

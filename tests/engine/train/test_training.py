@@ -33,7 +33,7 @@ from engine.train.model_inputs import object_inputs
 from engine.train.ss_encoder import SSEncoder, normalize_latent_, tokens
 from engine.train.targets import canonical_albedo, canonical_sdf
 from engine.train.targets_latent import (lattice_points, mesh_targets, object_fields, pose_latents, voxel_coords)
-from engine.train.train import STAGE_CLASSES, STAGES, TRAIN_PRESETS, Loop, Run, _scene_batches, train
+from engine.train.train import STAGE_CLASSES, STAGES, TRAIN_PRESETS, Loop, Run, _scene_batches, main, train
 
 MICRO = TRAIN_PRESETS["micro"]
 R = PRESETS["micro"].resolution  # 16
@@ -374,6 +374,35 @@ def test_a_run_from_an_export_trains_stage_2_from_its_networks(exported, tmp_pat
         assert all(torch.equal(before[k], after[k]) for k in before)
     assert not torch.equal(load_file(str(folder / "slat_flow.safetensors"))["out_layer.weight"],
                            stored["out_layer.weight"])  # fmt: skip
+
+
+def test_a_run_from_an_export_can_restart_stage_2_as_a_whole_run_would(exported, tmp_path):
+    from safetensors.torch import load_file
+
+    from engine.train.finetune import seed_run
+    from engine.train.train import _image_branch
+
+    source = exported.parent
+    out = tmp_path / "restart"
+    seed_run(out, MICRO, exported, source / "checkpoints" / "slat_ae.pt", restart=True)
+    assert not (out / "checkpoints" / "stage2.init.pt").exists()
+    state = json.loads((out / "state.json").read_text())
+    assert state["config"]["stage2"]["lr"] == MICRO.stage2.lr and state["from_export"]["stage2"] == "restarted"
+    run = Run(out, MICRO, "cpu", resume=True, log=lambda s: None)
+    stage = STAGE_CLASSES["stage2"](run)
+    stored = load_file(str(exported / "slat_flow.safetensors"))
+    assert not torch.equal(stage.modules["slat_flow"].state_dict()["out_layer.weight"],
+                           stored["out_layer.weight"].float())  # fmt: skip
+    branch = _image_branch({k: v.float() for k, v in load_file(str(exported / "ss_condition.safetensors")).items()})
+    condition = stage.modules["slat_condition"].state_dict()
+    for key, value in branch.items():  # the fuser starts from stage 1's image branch, as in a whole run
+        torch.testing.assert_close(condition[key], value, rtol=0, atol=0, msg=key)
+    folder = train(out, MICRO, "cpu", resume=True, stages=("stage2",), log=lambda s: None)
+    manifest = json.loads((folder / "demo.json").read_text())
+    assert manifest["training"]["from_export"]["stage2"] == "restarted"
+    assert manifest["training"]["stages"]["stage2"]["step"] == MICRO.stage2.steps
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "x"), "--restart-stage2"])  # only with --from-export
 
 
 def test_a_run_from_an_export_refuses_a_file_without_the_slat_encoder(exported, tmp_path):
