@@ -73,7 +73,7 @@ from .export import config_from_dict, config_to_dict, write_demo
 from .finetune import seed_run
 from .model_inputs import object_inputs
 from .render import render
-from .scenes import SceneBatch
+from .scenes import SceneBatch, SceneConfig
 from .slat_encoder import SlatEncoder
 from .ss_encoder import SSEncoder, normalize_latent_
 from .targets import object_targets
@@ -119,6 +119,9 @@ class TrainConfig:
     # ignored the picture: at t = 0 its colours were the same with the real, a zero or another object's condition.
     early_share: float = 0.5
     early_bound: float = 0.1
+    # Share of training objects with two colours (the held-out set keeps SceneConfig's 0.3). The demo model paints a
+    # two-colour object in one of its colours (session 5): a knob for making the boundary worth learning.
+    two_colour_share: float = 0.3
     min_pixels: int = 24  # objects with fewer visible pixels are not trained on
     ae_max_voxels: int = 1024  # the autoencoder sees at most this many neighbouring voxels of an object per step
     ema_decay: float = 0.999
@@ -192,7 +195,7 @@ class Run:
         self.model: DemoModel = PRESETS[config.model]
         self.data = SyntheticData(config.seed, "train", DataConfig(
             height=config.image_size, width=config.image_size, resolution=self.model.resolution,
-            max_steps=config.march_steps))  # fmt: skip
+            max_steps=config.march_steps, scene=SceneConfig(two_colour_probability=config.two_colour_share)))  # fmt: skip
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         self._save_state()
         if self.device.type == "cuda":

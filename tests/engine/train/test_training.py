@@ -163,6 +163,16 @@ def test_early_times_redraw_the_given_share_near_the_noise_end():
     assert torch.equal(objectives.with_early_times(t, 0.0, 0.1, g), t)
 
 
+def test_the_two_colour_share_sets_the_training_scenes_colouring(tmp_path):
+    def share(value: float) -> float:
+        run = Run(tmp_path / str(value), replace(MICRO, two_colour_share=value), "cpu", resume=False, log=lambda s: None)
+        objects = [o for i in range(40) for o in run.data.scene(i).objects]
+        return sum(o.colours[0] != o.colours[1] for o in objects) / len(objects)
+
+    none, default, most = share(0.0), share(MICRO.two_colour_share), share(0.9)
+    assert none == 0 and 0.1 < default < 0.5 and most > 0.6, (none, default, most)
+
+
 def test_condition_dropout_zeroes_whole_objects():
     g = torch.Generator().manual_seed(0)
     cond = torch.randn(400, 5, 3, generator=g) + 3
