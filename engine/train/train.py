@@ -119,9 +119,9 @@ class TrainConfig:
     # ignored the picture: at t = 0 its colours were the same with the real, a zero or another object's condition.
     early_share: float = 0.5
     early_bound: float = 0.1
-    # Share of training objects with two colours (the held-out set keeps SceneConfig's 0.3). The demo model paints a
+    # Share of training objects with two colours (the held-out set keeps SceneConfig's). The demo model paints a
     # two-colour object in one of its colours (session 5): a knob for making the boundary worth learning.
-    two_colour_share: float = 0.3
+    two_colour_share: float = SceneConfig.two_colour_probability
     min_pixels: int = 24  # objects with fewer visible pixels are not trained on
     ae_max_voxels: int = 1024  # the autoencoder sees at most this many neighbouring voxels of an object per step
     ema_decay: float = 0.999
