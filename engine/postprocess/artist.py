@@ -91,8 +91,8 @@ def _run(mesh, gaussians, target, texture_size, cleanup, report, device, cleanup
         source, _ = clean_mesh(mesh, cleanup_options, device=device)
     else:
         source = _drop_nonfinite(mesh)
-    # The colour source indexes the cleaned mesh and the Gaussians (k-d trees, built without the GIL) while
-    # decimation and unwrapping run: it does not depend on them.
+    # The colour source indexes the cleaned mesh and the Gaussians (on the CPU k-d trees, built without the GIL)
+    # while decimation and unwrapping run: it does not depend on them.
     with ThreadPoolExecutor(1) as pool:
         colors_ready = pool.submit(ColorSource, source, gaussians, device)
         # 2. decimate

@@ -12,8 +12,8 @@ is found from its face and barycentrics, and its colour is read from the *source
 
 Texels no face covers are filled by `dilate.dilate` (push-pull). Colours are stored as given (no transfer curve): the
 decoder's colours reproduce the image's pixel values, which is what a glTF base-colour texture (sRGB) holds.
-All per-texel work is vectorised in torch on the given device; the mesh's k-d tree is scipy (CPU), and the nearest
-Gaussians come from `neighbours.NearestNeighbours` (a grid on CUDA, scipy's k-d tree on the CPU).
+All per-texel work is vectorised in torch on the given device; the nearest face centroids and the nearest Gaussians
+come from `neighbours.NearestNeighbours` (a grid on CUDA, scipy's k-d tree on the CPU).
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Closest points on a triangle mesh, for many query points at once (colour transfer, distance measures).
 
-`SurfaceQuery(vertices, faces)` indexes the mesh once: a k-d tree over its face centroids (scipy, CPU), each
-vertex's incident faces (CSR), and a per-face table of what a point-to-face test needs. `closest` runs in two
+`SurfaceQuery(vertices, faces)` indexes the mesh once: its face centroids for nearest-neighbour queries
+(`neighbours.NearestNeighbours`: a grid on the GPU, scipy's k-d tree on the CPU), each vertex's incident faces
+(CSR), and a per-face table of what a point-to-face test needs. `closest` runs in two
 rounds, vectorised in torch (CPU or CUDA):
 
 1. The face with the nearest centroid. When the point's projection on that face's plane falls inside the face
@@ -11,7 +12,7 @@ rounds, vectorised in torch (CPU or CUDA):
    ranked by a cheap score (plane distance and how far outside the triangle the projection falls); the winner
    is then solved exactly.
 
-`closest_near` skips the k-d tree when a good guess is known (the face found for a neighbouring texel): the
+`closest_near` skips the centroid search when a good guess is known (the face found for a neighbouring texel): the
 guess, then the fan around it, and `closest` only for the points neither holds.
 
 The answer on a face is exact (the plane projection inside, else the nearest edge point). On a fine, evenly
@@ -25,7 +26,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy.sparse import csr_matrix
-from scipy.spatial import cKDTree
+
+from .neighbours import NearestNeighbours
 
 _CHUNK = 1 << 19  # query points per chunk
 
@@ -47,9 +49,8 @@ class SurfaceQuery:
         self.score_table = self.table[:_SCORE_ROWS].contiguous()
         t = self.table
         centroids = torch.stack([t[_A + k] + (t[_E1 + k] + t[_E2 + k]) / 3.0 for k in range(3)], dim=1)
-        # Unbalanced, uncompacted nodes: several times faster to build, queries as fast on surface-like points.
-        self.tree = cKDTree(centroids.cpu().numpy().astype(np.float64), leafsize=16, balanced_tree=False,
-                            compact_nodes=False)
+        # On CUDA a grid: the texel queries of a bake stay on the device (a k-d tree costs a round trip per chunk).
+        self.centroids = NearestNeighbours(centroids.cpu().numpy(), 1, self.device)
         # Faces around each vertex (a linear-time counting sort through scipy's CSR construction).
         f = self.faces.cpu().numpy()
         incidence = csr_matrix((np.ones(3 * nf, np.int8), (f.ravel(), np.repeat(np.arange(nf), 3))), shape=(nv, nf))
@@ -98,8 +99,7 @@ class SurfaceQuery:
 
     def _closest_chunk(self, p: torch.Tensor):
         # 1. The face with the nearest centroid; done where the projection falls inside it.
-        _, nearest = self.tree.query(p.detach().cpu().numpy().astype(np.float64), workers=-1)
-        face = torch.from_numpy(nearest.astype(np.int64)).to(self.device)
+        face = self.centroids.query(p.detach())[1][:, 0]
         bary, d2, inside = self._solve(p, face)
         redo = torch.nonzero(~inside).squeeze(1)
         if redo.numel():

@@ -90,3 +90,23 @@ def test_interpolate_blends_vertex_values_by_barycentrics():
     values = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
     face, bary, _ = query.closest(torch.tensor([[0.25, 0.25, 0.3]]))
     np.testing.assert_allclose(query.interpolate(values, face, bary).numpy(), [[0.5, 0.25, 0.25]], atol=1e-6)
+
+
+def test_the_grid_finds_the_same_closest_points_as_the_tree(monkeypatch):
+    """On CUDA the centroid search is `NearestNeighbours`' grid; forced onto the CPU it must agree with the tree."""
+    from engine.postprocess import neighbours
+
+    mesh, _ = clean_mesh(noisy_sphere(8_000, jitter=2e-3, seed=3))
+    g = np.random.default_rng(3)
+    tri = mesh.vertices[mesh.faces].astype(np.float64)
+    pick = g.integers(0, len(tri), 4000)
+    p = (tri[pick] * g.dirichlet([1, 1, 1], 4000)[:, :, None]).sum(1) + g.normal(scale=4e-3, size=(4000, 3))
+    pts = torch.from_numpy(p).float()
+    tree_face, _, tree_d2 = SurfaceQuery(mesh.vertices, mesh.faces).closest(pts)
+    monkeypatch.setattr(neighbours, "GRID_DEVICE_TYPES", ("cpu", "cuda"))
+    grid = SurfaceQuery(mesh.vertices, mesh.faces)
+    assert grid.centroids.use_grid
+    grid_face, _, grid_d2 = grid.closest(pts)
+    assert sum(grid.centroids.answered[:-1]) > 0.9 * len(pts)  # the grid, not its k-d tree fallback, answered
+    np.testing.assert_allclose(np.sqrt(grid_d2.numpy()), np.sqrt(tree_d2.numpy()), atol=1e-6)
+    assert (grid_face == tree_face).float().mean() > 0.999
