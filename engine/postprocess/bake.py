@@ -56,7 +56,7 @@ class ColorSource:
     def __init__(self, mesh: Mesh | None, gaussians: Gaussians | None = None, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.surface = None
-        with ThreadPoolExecutor(1) as pool:  # the two k-d trees build side by side (scipy releases the GIL)
+        with ThreadPoolExecutor(1) as pool:  # on the CPU the two k-d trees build side by side (scipy frees the GIL)
             blend = None
             if gaussians is not None and len(gaussians) > 0:
                 blend = pool.submit(_GaussianBlend, gaussians, self.device)
@@ -74,7 +74,7 @@ class ColorSource:
 
         When the points are texel centres (`texel`: their flat indices in a size x size texture), one texel per
         2 x 2 block is looked up from scratch and the block's other texels start from its answer (see
-        `SurfaceQuery.closest_near`): the same result for a fraction of the k-d tree work.
+        `SurfaceQuery.closest_near`): the same result for a fraction of the nearest-centroid searches.
         """
         points = torch.as_tensor(points, dtype=torch.float32).to(self.device)
         out = torch.full((points.shape[0], 3), NEUTRAL_GREY, dtype=torch.float32, device=self.device)
