@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -43,6 +44,7 @@ import os
 import random
 import sys
 import time
+import typing
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
@@ -146,6 +148,42 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         ae_max_voxels=128, workers=0, stats_objects=4, save_every=1e9, log_every=1e9, min_pixels=4, scene_count=2,
     ),
 }  # fmt: skip
+
+
+def with_settings(config: TrainConfig, settings: list[str]) -> TrainConfig:
+    """`config` with fields set from "KEY=VALUE" strings (the command line's --set): KEY is a TrainConfig field
+    (`early_share`) or a stage's setting (`stage2.lr`); VALUE is parsed as the field's type ("none" for an
+    optional one). Raises InputError naming the key for anything else."""
+    for item in settings:
+        key, sep, text = item.partition("=")
+        path = key.strip().split(".")
+        if not sep or not text.strip() or len(path) > 2:
+            raise InputError(f"--set {item!r} is not KEY=VALUE", "e.g. --set early_share=0.8 or --set stage2.lr=1e-3")
+        if len(path) == 2 and path[0] not in STAGES:
+            raise InputError(f"--set {item!r}: {path[0]!r} is not a stage", f"use one of {', '.join(STAGES)}")
+        owner = config if len(path) == 1 else config.stage(path[0])
+        hints = typing.get_type_hints(type(owner))
+        name = path[-1]
+        if name not in hints or dataclasses.is_dataclass(hints[name]):
+            names = sorted(k for k, v in hints.items() if not dataclasses.is_dataclass(v))
+            raise InputError(f"--set {item!r}: {type(owner).__name__} has no setting {name!r}",
+                             f"choose from {', '.join(names)}")
+        changed = replace(owner, **{name: _setting(hints[name], text.strip(), item)})
+        config = changed if len(path) == 1 else replace(config, **{path[0]: changed})
+    return config
+
+
+def _setting(hint: Any, text: str, item: str) -> Any:
+    options = typing.get_args(hint) or (hint,)  # `int | None` -> (int, NoneType)
+    if type(None) in options and text.lower() == "none":
+        return None
+    kind = next(t for t in options if t is not type(None))
+    try:
+        if kind is bool:
+            return {"true": True, "1": True, "false": False, "0": False}[text.lower()]
+        return kind(text)
+    except (KeyError, ValueError):
+        raise InputError(f"--set {item!r}: {text!r} is not a {kind.__name__}", "give a value of that type") from None
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------
@@ -959,6 +997,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="train stage 2 again from these demo weights (see finetune.py); --minutes is its budget")
     parser.add_argument("--slat-encoder", type=Path, default=None,
                         help="with --from-export: the SLAT encoder (a run's checkpoints/slat_ae.pt)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a training setting of a new run, e.g. early_share=0.8 or stage2.lr=1e-3 "
+                             "(repeatable; a resumed run keeps its saved settings)")  # fmt: skip
     parser.add_argument("--restart-stage2", action="store_true",
                         help="with --from-export: train stage 2 afresh on the export's first stages, as a whole run "
                              "would, instead of continuing the export's")  # fmt: skip
@@ -968,6 +1009,12 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {k: v for k, v in (("minutes", args.minutes), ("workers", args.workers), ("seed", args.seed))
                  if v is not None}  # fmt: skip
     config = replace(config, **overrides)
+    if args.set and args.resume:
+        parser.error("--set applies to new runs: a resumed run keeps the settings saved in its state.json")
+    try:
+        config = with_settings(config, args.set)
+    except EngineError as e:
+        parser.error(str(e))
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     unknown = [s for s in stages if s not in STAGES]
     if unknown:

@@ -8,6 +8,7 @@ the exported folder loads through the pipeline and reconstructs a synthetic pict
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -427,3 +428,36 @@ def test_a_run_from_an_export_refuses_a_file_without_the_slat_encoder(exported, 
     with pytest.raises(WeightsError, match="cannot be read"):
         seed_run(tmp_path / "run", MICRO, exported, tmp_path / "junk.pt")
     assert not (tmp_path / "run" / "state.json").exists()
+
+
+def test_set_overrides_training_settings_by_name_and_type():
+    from engine.errors import InputError
+    from engine.train.train import TrainConfig, with_settings
+
+    base = TrainConfig()
+    early = round(random.uniform(0.55, 0.95), 3)
+    config = with_settings(base, [f"early_share={early}", "stage2.lr=1e-3", "stage2.steps=7", "two_colour_share=0.6",
+                                  "workers=3", "scene_count=none"])  # fmt: skip
+    assert config.early_share == early and config.two_colour_share == 0.6 and config.workers == 3
+    assert config.stage2.lr == 1e-3 and config.stage2.steps == 7 and config.stage2.share == base.stage2.share
+    assert config.stage1 == base.stage1 and config.scene_count is None
+    assert with_settings(base, ["stage2.steps=none"]).stage2.steps is None
+    for bad in ("early_share", "early_share=", "colour=2", "stage3.lr=1", "stage2.foo=1", "stage2=1",
+                "workers=2.5", "stage2.lr.x=1"):
+        with pytest.raises(InputError):
+            with_settings(base, [bad])
+
+
+def test_the_command_line_seeds_a_restarted_stage_2_with_the_set_values(exported, tmp_path):
+    source = exported.parent
+    out = tmp_path / "variant"
+    main(["--out", str(out), "--preset", "micro", "--device", "cpu", "--from-export", str(exported),
+          "--slat-encoder", str(source / "checkpoints" / "slat_ae.pt"), "--restart-stage2",
+          "--set", "early_share=0.8", "--set", "stage2.lr=2e-3", "--stages", "stage2", "--max-steps", "1"])
+    state = json.loads((out / "state.json").read_text())
+    assert state["config"]["early_share"] == 0.8 and state["config"]["stage2"]["lr"] == 2e-3
+    assert state["stages"]["stage2"]["step"] == 1  # it trained with them
+    with pytest.raises(SystemExit):  # a resumed run keeps its saved settings
+        main(["--out", str(out), "--resume", "--set", "early_share=0.5"])
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "y"), "--set", "nonsense=1"])
