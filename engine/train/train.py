@@ -95,6 +95,10 @@ class StageSettings:
     warmup: int = 100  # steps
     reuse: int = 1  # optimiser steps per generated batch (new noise and times each step)
     condition_dropout: float = 0.0  # share of objects trained without condition (classifier-free guidance)
+    # learning rate of the stage's condition fuser relative to the rest (stage 2's image branch starts from stage 1's,
+    # which carries little colour: a linear probe reads an object's colour from its tokens to 0.151 (stage 1's) and
+    # 0.072 (after stage 2's 420 s), against 0.007 from the brightest pixel)
+    condition_lr_scale: float = 1.0
     steps: int | None = None  # finish after this many steps instead of at the time budget (CPU tests)
 
 
@@ -342,6 +346,16 @@ class Stage:
     def finish(self) -> dict[str, Any]:
         """Work after the last step (latent statistics); returns results kept in state.json."""
         return {}
+
+    def param_groups(self, condition_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+        """The optimiser's groups: one, or with a scale other than 1 (and a condition fuser in the stage) the fuser's
+        parameters apart, with their `lr_scale`."""
+        params = self.parameters()
+        ids = {id(p) for name, m in self.modules.items() if name.endswith("_condition") for p in m.parameters()}
+        if condition_lr_scale == 1.0 or not ids:
+            return [{"params": params}]
+        return [{"params": [p for p in params if id(p) not in ids]},
+                {"params": [p for p in params if id(p) in ids], "lr_scale": condition_lr_scale}]  # fmt: skip
 
     def parameters(self) -> list[nn.Parameter]:
         seen, params = set(), []
@@ -622,8 +636,8 @@ class Loop:
         self.settings = stage.settings
         self.progress = run.state["stages"].setdefault(stage.name, {"done": False, "step": 0, "elapsed": 0.0})
         fused = {"fused": True} if run.device.type == "cuda" else {}
-        self.optimizer = torch.optim.AdamW(stage.parameters(), lr=self.settings.lr, betas=(0.9, 0.99),
-                                           weight_decay=0.01, **fused)  # fmt: skip
+        self.optimizer = torch.optim.AdamW(stage.param_groups(self.settings.condition_lr_scale), lr=self.settings.lr,
+                                           betas=(0.9, 0.99), weight_decay=0.01, **fused)  # fmt: skip
         self.ema = {name: copy.deepcopy(m).requires_grad_(False) for name, m in stage.modules.items()} \
             if stage.uses_ema else {}  # fmt: skip
         self.generator = torch.Generator(run.device).manual_seed(run.config.seed * 100 + STAGES.index(stage.name))
@@ -693,7 +707,7 @@ class Loop:
         stage = self.stage
         lr = self.learning_rate()
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         losses = stage.losses(inputs, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()

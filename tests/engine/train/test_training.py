@@ -204,6 +204,27 @@ def test_every_stage_overfits_a_fixed_batch(tmp_path, name):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+def test_the_condition_fuser_can_learn_at_its_own_rate(tmp_path):
+    scale = random.uniform(2.0, 5.0)
+    config = replace(MICRO, stage2=replace(MICRO.stage2, condition_lr_scale=scale))
+    run = Run(tmp_path, config, "cpu", resume=False, log=lambda s: None)
+    stage = STAGE_CLASSES["stage2"](run)
+    loop = Loop(run, stage, budget=1e9)
+    rest, fuser = loop.optimizer.param_groups
+    assert {id(p) for p in fuser["params"]} == {id(p) for p in stage.modules["slat_condition"].parameters()}
+    assert len(rest["params"]) + len(fuser["params"]) == len(stage.parameters())
+    before = [p.detach().clone() for p in fuser["params"]]
+    stream = _scene_batches(run.data, 2, 0, run.device, 0, stage.rendered)
+    inputs = None
+    while inputs is None:
+        inputs = stage.prepare(next(stream))
+    loop.step(inputs)
+    assert fuser["lr"] == pytest.approx(scale * rest["lr"]) and rest["lr"] == pytest.approx(loop.learning_rate())
+    assert any(not torch.equal(a, b) for a, b in zip(before, fuser["params"]))  # it is trained
+    # the default keeps one group, as the checkpoints written before the setting have
+    assert len(stage.param_groups(1.0)) == 1 and MICRO.stage2.condition_lr_scale == 1.0
+
+
 def test_stage2_starts_from_stage1s_image_branch_with_a_silent_cross_attention(tmp_path):
     train(tmp_path, replace(MICRO, stage1=replace(MICRO.stage1, steps=3)), "cpu", stages=("stage1",),
           log=lambda s: None)  # fmt: skip
