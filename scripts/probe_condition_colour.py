@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     with torch.inference_mode():
         for start in range(0, args.images, 8):
             batch = data.batch(list(range(start, min(start + 8, args.images))))
-            one_colour = torch.isclose(batch.scenes.object_colours[:, :, 0], batch.scenes.object_colours[:, :, 1]).all(-1)
+            slots = batch.scenes.object_colours  # (B, K, 2, 3)
+            one_colour = torch.isclose(slots[:, :, 0], slots[:, :, 1]).all(-1)
             keep = batch.targets.valid & one_colour & (batch.masks.flatten(2).sum(-1) >= MIN_PIXELS)
             b, k = torch.nonzero(keep, as_tuple=True)
             if b.numel() == 0:
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     for ridge in (1.0, 10.0, 100.0):
         a = xn[fit]
         w = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ (y[fit] - y[fit].mean(0)))
-        print(f"| linear probe on pooled tokens, ridge {ridge:g} | {_error(xn[~fit] @ w + y[fit].mean(0), y[~fit]):.3f} |")
+        probe = _error(xn[~fit] @ w + y[fit].mean(0), y[~fit])
+        print(f"| linear probe on pooled tokens, ridge {ridge:g} | {probe:.3f} |")
     print(f"| brightest masked pixel | {_error(pixel[~fit], y[~fit]):.3f} |")
 
 
