@@ -69,6 +69,7 @@ from ..models.point_embed import PointPatchEmbed
 from ..mesh_extraction import CHANNELS
 from ..sparse.tensor import SparseTensor
 from . import objectives as obj
+from .colour_readout import ColourReadout, slots_error
 from .dataset import Batch, DataConfig, SyntheticData
 from .demo import PRESETS, DemoModel
 from .export import config_from_dict, config_to_dict, write_demo
@@ -99,6 +100,9 @@ class StageSettings:
     # which carries little colour: a linear probe reads an object's colour from its tokens to 0.151 (stage 1's) and
     # 0.072 (after stage 2's 420 s), against 0.007 from the brightest pixel)
     condition_lr_scale: float = 1.0
+    # weight of the condition tokens' colour readout (`colour_readout.py`; stages 1 and 2; 0: none, as shipped): a
+    # direct colour signal for the fuser (stage 1's is where stage 2's image branch starts)
+    colour_readout: float = 0.0
     steps: int | None = None  # finish after this many steps instead of at the time budget (CPU tests)
 
 
@@ -375,6 +379,20 @@ class Stage:
         b, k = self.run.objects(batch, self.settings.objects, self.rendered)
         return None if b.numel() == 0 else (b, k)
 
+    def _add_colour_readout(self, channels: int) -> None:
+        if self.settings.colour_readout > 0:  # trained with the stage, never exported (not a pipeline network)
+            generator = torch.Generator().manual_seed(self.cfg.seed + 7)
+            self.modules["colour_readout"] = ColourReadout(channels, generator).to(self.device)
+
+    def _with_colour_readout(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], tokens: torch.Tensor,
+                             colours: torch.Tensor) -> torch.Tensor:
+        """loss plus the weighted colour-readout error of the (undropped) condition tokens, when the stage has one."""
+        if "colour_readout" not in self.modules:
+            return loss
+        readout = slots_error(self.modules["colour_readout"](tokens), colours)
+        terms["readout"] = readout.detach()
+        return loss + self.settings.colour_readout * readout
+
 
 class SSVAEStage(Stage):
     name = "ss_vae"
@@ -505,6 +523,7 @@ class Stage1(Stage):
             "ss_flow": build("ss_flow", pipeline).to(self.device),
         }
         init_for_training(self.modules, self.cfg.seed + 2)
+        self._add_colour_readout(pipeline.ss_flow.cond_channels)
         self.encoder = SSEncoder(self.model.ss_encoder).to(self.device)
         vae = run.final_weights("ss_vae")
         if vae is not None:
@@ -525,7 +544,7 @@ class Stage1(Stage):
                           inputs.pointmap_shift)  # fmt: skip
         with self.autocast():
             x1["shape"] = shape_latents(self.encoder, t.solid[b, k])
-        return {"condition": inputs.ss, "x1": {key: v.float() for key, v in x1.items()}}
+        return {"condition": inputs.ss, "x1": {key: v.float() for key, v in x1.items()}, "colours": t.colours[b, k]}
 
     def losses(self, inputs, generator=None):
         x1 = inputs["x1"]
@@ -534,10 +553,11 @@ class Stage1(Stage):
         t = obj.sample_t(q, self.rescale_t, generator, self.device)
         xt = obj.interpolate(x0, x1, t[:, None, None])
         with self.autocast():
-            cond = self.modules["ss_condition"](inputs["condition"])
-            cond = obj.drop_condition(cond, self.settings.condition_dropout, generator)
+            tokens = self.modules["ss_condition"](inputs["condition"])
+            cond = obj.drop_condition(tokens, self.settings.condition_dropout, generator)
             v = self.modules["ss_flow"](xt, t * obj.TIME_SCALE, cond=cond, d=torch.zeros_like(t))
         loss, terms = obj.flow_loss(v, obj.velocity_target(x0, x1), POSE_WEIGHTS)
+        loss = self._with_colour_readout(loss, terms, tokens, inputs["colours"])
         return {"loss": loss, **terms, "cond_rms": _rms(cond)}
 
 
@@ -553,13 +573,14 @@ class Stage2(Stage):
             "slat_flow": build("slat_flow", pipeline).to(self.device),
         }
         init_for_training(self.modules, self.cfg.seed + 3)
+        self._add_colour_readout(pipeline.slat_flow.cond_channels)
         first = run.final_weights("stage1")
         if first is not None:  # the whole image/mask branch starts from stage 1's: DINO, projections, group rows
             self.modules["slat_condition"].load_state_dict(_image_branch(first["ss_condition"]))
         start = run.initial_weights(self.name)
         if start is not None:  # a run seeded from an export (`finetune.py`) continues its stage-2 networks
-            for name, module in self.modules.items():
-                module.load_state_dict(start[name])
+            for name, state in start.items():
+                self.modules[name].load_state_dict(state)
         self.encoder = SlatEncoder(self.model.slat_encoder).to(self.device)
         ae = run.final_weights("slat_ae")
         results = run.state["stages"].get("slat_ae", {}).get("results", {})
@@ -589,7 +610,7 @@ class Stage2(Stage):
         with torch.no_grad(), self.autocast():
             mean, _ = self.encoder(SparseTensor(coords, fields["features"]))
         return {"condition": inputs.slat, "coords": coords, "x1": (mean.float() - self.mean) / self.std,
-                "albedo": fields["albedo"].mean(dim=1)}  # fmt: skip
+                "albedo": fields["albedo"].mean(dim=1), "colours": batch.targets.colours[b, k]}  # fmt: skip
 
     def losses(self, inputs, generator=None):
         coords, x1 = inputs["coords"], inputs["x1"]
@@ -600,10 +621,11 @@ class Stage2(Stage):
         t_row = t[coords[:, 0].long()][:, None]  # (N, 1)
         xt = obj.interpolate(x0, x1, t_row)
         with self.autocast():
-            cond = self.modules["slat_condition"](inputs["condition"])
-            cond = obj.drop_condition(cond, self.settings.condition_dropout, generator)
+            tokens = self.modules["slat_condition"](inputs["condition"])
+            cond = obj.drop_condition(tokens, self.settings.condition_dropout, generator)
             v = self.modules["slat_flow"](SparseTensor(coords, xt), t * obj.TIME_SCALE, cond=cond)
         loss, terms = obj.flow_loss(v.feats, obj.velocity_target(x0, x1))
+        loss = self._with_colour_readout(loss, terms, tokens, inputs["colours"])
         if self.cfg.colour_weight > 0:  # the decoder's forward and backward cost a third of the step
             colour = self.decoded_colour_error(coords, xt + (1 - t_row) * v.feats.float(), inputs["albedo"])
             loss = loss + self.cfg.colour_weight * colour

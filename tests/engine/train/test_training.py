@@ -27,6 +27,7 @@ from engine.preprocess import PreprocessConfig, preprocess_object
 from engine.sparse.resample import subdivide
 from engine.sparse.tensor import SparseTensor
 from engine.train import objectives
+from engine.train.colour_readout import slots_error
 from engine.train.dataset import DataConfig, SyntheticData
 from engine.train.demo import PRESETS
 from engine.train.export import config_from_dict, config_to_dict, open_demo
@@ -223,6 +224,60 @@ def test_the_condition_fuser_can_learn_at_its_own_rate(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, fuser["params"]))  # it is trained
     # the default keeps one group, as the checkpoints written before the setting have
     assert len(stage.param_groups(1.0)) == 1 and MICRO.stage2.condition_lr_scale == 1.0
+
+
+def test_the_colour_readout_error_takes_the_better_slot_order():
+    g = torch.Generator().manual_seed(11)
+    slots = torch.rand(5, 2, 3, generator=g)
+    noise = torch.rand(5, 2, 3, generator=g) * 0.1
+    assert float(slots_error(slots + noise, slots)) == pytest.approx(float(noise.abs().mean()), rel=1e-6)
+    assert float(slots_error(slots.flip(1) + noise, slots)) == pytest.approx(float(noise.abs().mean()), rel=1e-6)
+    mixed = torch.stack([slots[:, 0], slots[:, 0]], 1)  # one slot right, one wrong: no order repairs it
+    assert float(slots_error(mixed, slots)) == pytest.approx(0.5 * float((slots[:, 1] - slots[:, 0]).abs().mean()))
+
+
+@pytest.mark.parametrize("name", ["stage1", "stage2"])
+def test_the_colour_readout_joins_the_loss_and_trains_the_condition_fuser(tmp_path, name):
+    weight = random.uniform(0.5, 2.0)
+    settings = replace(MICRO.stage(name), colour_readout=weight)
+    run = Run(tmp_path, replace(MICRO, **{name: settings}), "cpu", resume=False, log=lambda s: None)
+    stage = STAGE_CLASSES[name](run)
+    assert "colour_readout" not in STAGE_CLASSES[name](Run(tmp_path / "plain", MICRO, "cpu", False, lambda s: None)).modules
+    stream = _scene_batches(run.data, 2, 0, run.device, 0, stage.rendered)
+    inputs = None
+    while inputs is None:
+        inputs = stage.prepare(next(stream))
+    fuser = stage.modules["ss_condition" if name == "stage1" else "slat_condition"]
+    projection = next(fuser.projection_nets.parameters())
+    terms = stage.losses(inputs, torch.Generator().manual_seed(1))
+    # the loss is the flow's plus the weighted readout error of the fuser's tokens, against the objects' slots
+    with torch.no_grad():
+        tokens = fuser(inputs["condition"])
+        expected = slots_error(stage.modules["colour_readout"](tokens), inputs["colours"])
+    torch.testing.assert_close(terms["readout"], expected)
+    readout_grad = torch.autograd.grad(terms["loss"], projection, retain_graph=True)[0]
+    stage.modules.pop("colour_readout")
+    plain = stage.losses(inputs, torch.Generator().manual_seed(1))  # the same noise and times, no readout
+    assert "readout" not in plain
+    torch.testing.assert_close(terms["loss"] - weight * terms["readout"], plain["loss"], rtol=1e-5, atol=1e-6)
+    flow_grad = torch.autograd.grad(plain["loss"], projection)[0]
+    assert float((readout_grad - flow_grad).abs().max()) > 1e-3 * float(flow_grad.abs().max())  # it reaches the fuser
+
+
+def test_the_colour_readout_learns_the_objects_colours_on_a_fixed_batch(tmp_path):
+    config = replace(MICRO, stage1=replace(MICRO.stage1, colour_readout=1.0))
+    run = Run(tmp_path, config, "cpu", resume=False, log=lambda s: None)
+    stage = STAGE_CLASSES["stage1"](run)
+    loop = Loop(run, stage, budget=1e9)
+    stream = _scene_batches(run.data, 2, 0, run.device, 0, stage.rendered)
+    inputs = None
+    while inputs is None:
+        inputs = stage.prepare(next(stream))
+    errors = []
+    for _ in range(25):
+        loop.generator.manual_seed(0)
+        errors.append(float(loop.step(inputs)["readout"]))
+    assert errors[-1] < 0.7 * errors[0], errors
 
 
 def test_stage2_starts_from_stage1s_image_branch_with_a_silent_cross_attention(tmp_path):
@@ -435,6 +490,17 @@ def test_a_run_from_an_export_can_restart_stage_2_as_a_whole_run_would(exported,
     assert manifest["training"]["stages"]["stage2"]["step"] == MICRO.stage2.steps
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "x"), "--restart-stage2"])  # only with --from-export
+
+
+def test_a_stage_2_continued_with_the_colour_readout_exports_the_pipeline_networks_only(exported, tmp_path):
+    from engine.train.finetune import seed_run
+
+    config = replace(MICRO, stage2=replace(MICRO.stage2, colour_readout=1.0, steps=3))
+    out = tmp_path / "readout"
+    seed_run(out, config, exported, exported.parent / "checkpoints" / "slat_ae.pt")  # continues the export's stage 2
+    folder = train(out, config, "cpu", resume=True, stages=("stage2",), log=lambda s: None)
+    assert set(json.loads((folder / "demo.json").read_text())["files"]) == set(MODEL_NAMES)
+    assert "colour_readout" in torch.load(out / "checkpoints" / "stage2.pt", weights_only=False)["modules"]
 
 
 def test_a_run_from_an_export_refuses_a_file_without_the_slat_encoder(exported, tmp_path):
