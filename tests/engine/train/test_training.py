@@ -188,15 +188,21 @@ def test_condition_dropout_zeroes_whole_objects():
 # ---- training --------------------------------------------------------------------------------------------------
 
 
+def _first_inputs(run, stage):
+    """The stage's inputs from the first batch of the run's data that holds a usable object."""
+    stream = _scene_batches(run.data, 2, 0, run.device, 0, stage.rendered)
+    inputs = None
+    while inputs is None:
+        inputs = stage.prepare(next(stream))
+    return inputs
+
+
 @pytest.mark.parametrize("name", STAGES)
 def test_every_stage_overfits_a_fixed_batch(tmp_path, name):
     run = Run(tmp_path, MICRO, "cpu", resume=False, log=lambda s: None)
     stage = STAGE_CLASSES[name](run)
     loop = Loop(run, stage, budget=1e9)
-    stream = _scene_batches(run.data, 2, 0, run.device, 0, stage.rendered)
-    inputs = None
-    while inputs is None:
-        inputs = stage.prepare(next(stream))
+    inputs = _first_inputs(run, stage)
     losses = []
     for _ in range(20):
         loop.generator.manual_seed(0)  # the same noise and times every step: a fixed objective
@@ -215,10 +221,7 @@ def test_the_condition_fuser_can_learn_at_its_own_rate(tmp_path):
     assert {id(p) for p in fuser["params"]} == {id(p) for p in stage.modules["slat_condition"].parameters()}
     assert len(rest["params"]) + len(fuser["params"]) == len(stage.parameters())
     before = [p.detach().clone() for p in fuser["params"]]
-    stream = _scene_batches(run.data, 2, 0, run.device, 0, stage.rendered)
-    inputs = None
-    while inputs is None:
-        inputs = stage.prepare(next(stream))
+    inputs = _first_inputs(run, stage)
     loop.step(inputs)
     assert fuser["lr"] == pytest.approx(scale * rest["lr"]) and rest["lr"] == pytest.approx(loop.learning_rate())
     assert any(not torch.equal(a, b) for a, b in zip(before, fuser["params"]))  # it is trained
@@ -243,10 +246,7 @@ def test_the_colour_readout_joins_the_loss_and_trains_the_condition_fuser(tmp_pa
     run = Run(tmp_path, replace(MICRO, **{name: settings}), "cpu", resume=False, log=lambda s: None)
     stage = STAGE_CLASSES[name](run)
     assert "colour_readout" not in STAGE_CLASSES[name](Run(tmp_path / "plain", MICRO, "cpu", False, lambda s: None)).modules
-    stream = _scene_batches(run.data, 2, 0, run.device, 0, stage.rendered)
-    inputs = None
-    while inputs is None:
-        inputs = stage.prepare(next(stream))
+    inputs = _first_inputs(run, stage)
     fuser = stage.modules["ss_condition" if name == "stage1" else "slat_condition"]
     projection = next(fuser.projection_nets.parameters())
     terms = stage.losses(inputs, torch.Generator().manual_seed(1))
@@ -269,10 +269,7 @@ def test_the_colour_readout_learns_the_objects_colours_on_a_fixed_batch(tmp_path
     run = Run(tmp_path, config, "cpu", resume=False, log=lambda s: None)
     stage = STAGE_CLASSES["stage1"](run)
     loop = Loop(run, stage, budget=1e9)
-    stream = _scene_batches(run.data, 2, 0, run.device, 0, stage.rendered)
-    inputs = None
-    while inputs is None:
-        inputs = stage.prepare(next(stream))
+    inputs = _first_inputs(run, stage)
     errors = []
     for _ in range(25):
         loop.generator.manual_seed(0)
@@ -311,10 +308,7 @@ def test_stage2_starts_from_stage1s_image_branch_with_a_silent_cross_attention(t
 def test_stage2s_colour_loss_is_the_decoded_colour_error_and_reaches_the_picture(tmp_path):
     run = Run(tmp_path, MICRO, "cpu", resume=False, log=lambda s: None)
     stage = STAGE_CLASSES["stage2"](run)
-    stream = _scene_batches(run.data, 2, 0, run.device, 0, stage.rendered)
-    inputs = None
-    while inputs is None:
-        inputs = stage.prepare(next(stream))
+    inputs = _first_inputs(run, stage)
     g = torch.Generator().manual_seed(5)
     decoder = stage.gs_decoder
     for p in decoder.parameters():  # a decoder with colours that depend on the latent
