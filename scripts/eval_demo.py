@@ -17,7 +17,8 @@ an image in one call, the image's index as the seed, the given pointmap and intr
 
 By default the raw decoder mesh is scored (the textured mesh's colours are baked from it; the postprocess costs
 about 3 s per object); --postprocess scores the clean, decimated mesh the pipeline hands out, whose vertex
-colours are sampled like its texture.
+colours are sampled like its texture (each object's record then holds the raw mesh's colour error too,
+`colour_error_raw`, and the summary its median).
 
 An object whose reconstruction fails counts as IoU 0 and colour error 1. The table gives medians (the issue's
 targets), means and per-shape medians.
@@ -26,7 +27,9 @@ Diagnosis: --given-voxels runs stage 2 on each object's true surface voxels inst
 alone; the mask IoU then measures the pose with the true shape); --true-pose scores the mask IoU with the true pose
 (the predicted shape's share); --swap-rb swaps the picture's red and blue channels and scores against
 swapped truth colours, so a model that reads colours from the picture scores about the same, and one that ignores
-them does worse.
+them does worse. --given-latents ENCODER goes one step further: stage 2 is replaced by the SLAT encoder's latent of
+the true object on its true voxels (a training checkpoint's `slat_encoder`, e.g. weights/demo/training/slat_encoder.pt),
+so the colour error is the decoders' own: the floor that no stage-2 flow can go below.
 
 Layout: --refine-layout on|off|default runs the pipeline's layout fit (`engine/layout_fit.py`: each pose's
 translation and scale fitted to its mask and the pointmap) or not, or as the weights' configuration says; refined
@@ -57,7 +60,10 @@ from engine.postprocess import PostprocessOptions  # noqa: E402
 from engine.postprocess.raster import rasterize_uv  # noqa: E402
 from engine.train.dataset import DataConfig, SyntheticData  # noqa: E402
 from engine.train.export import open_demo  # noqa: E402
-from engine.train.targets_latent import object_fields  # noqa: E402
+from engine.sparse.tensor import SparseTensor  # noqa: E402
+from engine.train.slat_encoder import PRESETS as slat_encoder_presets  # noqa: E402
+from engine.train.slat_encoder import SlatEncoder  # noqa: E402
+from engine.train.targets_latent import lattice_points, object_fields, voxel_inputs  # noqa: E402
 
 TARGETS = {"voxel_iou": (">=", 0.6), "mask_iou": (">=", 0.8), "colour_error": ("<=", 0.1)}
 LABELS = {"voxel_iou": "voxel IoU (object frame)", "mask_iou": "mask IoU (placed mesh)",
@@ -86,6 +92,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rescale2", type=float, default=None, help="override the stage-2 sampler's time warp")
     parser.add_argument("--given-voxels", action="store_true",
                         help="stage 2 alone, on the true surface voxels (scores colour only)")  # fmt: skip
+    parser.add_argument("--given-latents", type=Path, default=None, metavar="ENCODER",
+                        help="stage 2 replaced by this SLAT encoder's latent of the true object, on the true "
+                             "voxels (the decoders' own colour error)")  # fmt: skip
     parser.add_argument("--true-pose", action="store_true",
                         help="score the mask IoU with the true pose (the shape's share of the error)")
     parser.add_argument("--swap-rb", action="store_true", help="swap red and blue in the picture and in the truth")
@@ -97,8 +106,10 @@ def main(argv: list[str] | None = None) -> dict:
     config, provider, identity = open_demo(args.weights)
     config = replace(config, stage1=_sampler(config.stage1, args.steps1, args.cfg1),
                      stage2=_sampler(config.stage2, args.steps2, args.cfg2, args.rescale2))  # fmt: skip
-    kind = GivenVoxelsPipeline if args.given_voxels else Pipeline
+    kind = GivenLatentsPipeline if args.given_latents else GivenVoxelsPipeline if args.given_voxels else Pipeline
     pipe = kind(config, provider, device=args.device, weights_id=identity)
+    if args.given_latents is not None:
+        pipe.load_encoder(args.given_latents)
     if pipe.device.type == "cuda":  # cuDNN attention plans every new voxel count anew (~10 ms each)
         torch.backends.cuda.enable_cudnn_sdp(False)
     resolution = config.mesh_decoder.trunk.resolution
@@ -115,7 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
     summary = summarize(records)
     summary.update(images=args.images, seconds=time.perf_counter() - start, weights=str(args.weights),
                    quality=args.quality, postprocess=args.postprocess, device=str(pipe.device),
-                   given_voxels=args.given_voxels, swap_rb=args.swap_rb, true_pose=args.true_pose,
+                   given_voxels=args.given_voxels or args.given_latents is not None,
+                   given_latents=None if args.given_latents is None else str(args.given_latents), swap_rb=args.swap_rb, true_pose=args.true_pose,
                    refine_layout=args.refine_layout,
                    refine_layout_applied=(config.refine_layout if REFINE_LAYOUT[args.refine_layout] is None
                                           else REFINE_LAYOUT[args.refine_layout]),
@@ -141,6 +153,7 @@ def evaluate_image(pipe: Pipeline, data: SyntheticData, index: int, min_pixels: 
         image = np.ascontiguousarray(image[..., ::-1])
     if isinstance(pipe, GivenVoxelsPipeline):
         pipe.truth = [targets.occupancy[0, k] for k in keep]
+        pipe.truth_objects = (scenes, keep)
     pointmap = views.pointmap[0].cpu().numpy()
     k_matrix = views.intrinsics[0].cpu().numpy()
     mask_arrays = [masks[k].cpu().numpy() for k in keep]
@@ -154,6 +167,7 @@ def evaluate_image(pipe: Pipeline, data: SyntheticData, index: int, min_pixels: 
         for k, m in zip(keep, mask_arrays):
             if isinstance(pipe, GivenVoxelsPipeline):
                 pipe.truth = [targets.occupancy[0, k]]
+                pipe.truth_objects = (scenes, [k])
             try:
                 objects += pipe.reconstruct(image, [m], pointmap=pointmap, intrinsics=k_matrix, seed=index,
                                             quality=quality, outputs=("mesh",), postprocess=postprocess,
@@ -174,6 +188,8 @@ def evaluate_image(pipe: Pipeline, data: SyntheticData, index: int, min_pixels: 
                 colour_error=colour_error(found.mesh, scenes, k, swap_rb),
                 failed=False,
             )
+            if found.raw_mesh is not None and found.raw_mesh is not found.mesh:  # post-processed: the raw one too
+                record["colour_error_raw"] = colour_error(found.raw_mesh, scenes, k, swap_rb)
             if true_pose:  # both, for comparison in the JSON
                 record["mask_iou_model_pose"] = mask_iou(found.mesh, found.pose, views.intrinsics[0], masks[k], others)
             if "layout.pose_model" in found.raw:  # refined: the model's own pose scored too, and the fit's figures
@@ -257,6 +273,32 @@ class GivenVoxelsPipeline(Pipeline):
             obj.raw["coords_original"] = obj.coords.cpu()
 
 
+class GivenLatentsPipeline(GivenVoxelsPipeline):
+    """`GivenVoxelsPipeline` with stage 2 replaced too: each object's latent is the SLAT encoder's posterior mean of
+    the true object (its sdf and colours on the true voxels, as stage 2 is trained against), so only the decoders
+    stand between the truth and the scored mesh."""
+
+    truth_objects: tuple = (None, [])  # (scenes, object index per mask), set before each call
+
+    def load_encoder(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)["slat_encoder"]
+        self.encoder = SlatEncoder(slat_encoder_presets["demo"]).to(self.device).eval()
+        self.encoder.load_state_dict(state)
+
+    @torch.inference_mode()
+    def _stage2(self, objects, settings, run) -> None:
+        scenes, keys = self.truth_objects
+        resolution = self.config.mesh_decoder.trunk.resolution
+        for obj, k in zip(objects, keys):
+            coords = obj.coords.to(self.device)
+            points = lattice_points(coords[:, 1:], resolution)  # (N, 125, 3)
+            rows = torch.zeros(len(coords), dtype=torch.long, device=self.device)
+            sdf, albedo = object_fields(scenes, rows, torch.full_like(rows, k), points)
+            mean, _ = self.encoder(SparseTensor(coords, voxel_inputs(sdf, albedo, resolution)))
+            obj.slat = mean.float()
+            obj.raw["slat_feats"] = obj.slat.cpu()
+
+
 # ---- report ----------------------------------------------------------------------------------------------------
 
 
@@ -269,6 +311,9 @@ def summarize(records: list[dict]) -> dict:
         for r in records:
             by_shape[r["shape"]].append(r[key])
         summary[key]["by_shape"] = {s: _median(v) for s, v in sorted(by_shape.items())}
+    if any("colour_error_raw" in r for r in records):  # failed objects count as 1, as in colour_error
+        raw = [r.get("colour_error_raw", FAILED["colour_error"]) for r in records]
+        summary["colour_error_raw"] = {"median": _median(raw), "mean": _mean(raw)}
     return summary
 
 
@@ -279,6 +324,9 @@ def table(summary: dict) -> str:
         ok = (m >= bound) if op == ">=" else (m <= bound)
         lines.append(f"{LABELS[key]:32s} {m:7.3f} {summary[key]['mean']:7.3f} {op + ' ' + str(bound):>8s}  "
                      f"{'yes' if ok else 'NO'}")  # fmt: skip
+    if "colour_error_raw" in summary:
+        raw = summary["colour_error_raw"]
+        lines.append(f"{'(raw decoder mesh, same objects)':32s} {raw['median']:7.3f} {raw['mean']:7.3f}")
     shapes = sorted(summary["voxel_iou"]["by_shape"])
     lines.append("")
     lines.append(f"{'per shape (medians)':32s} " + " ".join(f"{s:>8s}" for s in shapes))
