@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--texture-size", type=int, default=2048, help="side of the baked texture, 512-4096")
     r.add_argument("--no-cleanup", action="store_true", help="skip welding, floater removal and hole filling")
     r.add_argument("--raw-mesh", action="store_true", help="keep the decoder's mesh with vertex colours")
+    r.add_argument("--official-mesh", action="store_true",
+                   help="extract the mesh as the official code does (open where the object meets the grid's sides, "
+                        "with an inner wall): for comparisons")  # fmt: skip
     r.add_argument("--save-raw", action="store_true", help="also write the raw stage outputs per object")
     r.set_defaults(run=_reconstruct)
     return p
@@ -85,7 +88,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
                                 depth_weights=depth_weights)
     result = pipe.reconstruct(image, masks, pointmap=pointmap, intrinsics=intrinsics, seed=args.seed,
                               quality=args.quality, noise=noise, progress=_progress_printer(), cancel=threading.Event(),
-                              postprocess=postprocess)
+                              postprocess=postprocess, seal_mesh=False if args.official_mesh else None)
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ class PipelineConfig:
     max_voxels: int = 42000  # voxel cap before stage 2 (above it the grid is halved)
     mesh_resolution: int = 256  # FlexiCubes grid of the mesh decoder's output (64 voxels x 4)
     refine_layout: bool = False  # fit each pose to its mask and pointmap after stage 1 (`layout_fit.py`)
+    seal_mesh: bool = True  # close meshes at the grid's sides and over the pruned interior (`mesh_extraction.py`)
 
 
 def preset(name: str) -> PipelineConfig:

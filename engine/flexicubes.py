@@ -207,6 +207,7 @@ def flexicubes(
     *,
     absent_sdf: float = 1.0,
     absent_attrs: torch.Tensor | None = None,
+    absent_inside: torch.Tensor | None = None,
     grid_origin: float = -0.5,
     weight_scale: float = 0.99,
 ) -> SurfaceMesh:
@@ -217,7 +218,10 @@ def flexicubes(
     interpolate onto the mesh vertices. cell_coords (N, 3) int: unique cells in [0, R)^3 that carry weights;
     cell_weights (N, 21) raw, before activation: beta 12 (per edge), alpha 8 (per corner), gamma 1; a cell that is
     not listed has raw weights 0. Unlisted lattice points: value `absent_sdf` (must be >= 0), position
-    grid_origin + coords / R, attributes `absent_attrs` (C,) (zeros when None).
+    grid_origin + coords / R, attributes `absent_attrs` (C,) (zeros when None). `absent_inside` (G, G, G) bool, R a
+    multiple of G: coarse cells (R / G lattice steps a side) whose unlisted lattice points are inside instead, at
+    -absent_sdf. Every cell around such a point must then lie in those coarse cells, with its listed corners inside
+    (see `mesh_extraction`), so that no surface forms there: candidate cells come from the listed inside points only.
     Activations: beta, alpha = 1 + weight_scale * tanh(raw); gamma = weight_scale * sigmoid(raw) + (1 - weight_scale)/2.
     """
     device = vertex_positions.device
@@ -225,6 +229,10 @@ def flexicubes(
     R = int(resolution)
     n_attr = 0 if vertex_attrs is None else vertex_attrs.shape[1]
     _check_inputs(vertex_coords, vertex_positions, vertex_sdf, cell_coords, cell_weights, R, vertex_attrs, absent_sdf)
+    if absent_inside is not None and (absent_inside.dtype != torch.bool or absent_inside.ndim != 3
+                                      or len(set(absent_inside.shape)) != 1 or R % absent_inside.shape[0]):  # fmt: skip
+        raise InputError(f"flexicubes: absent_inside must be a (G, G, G) bool grid with {R} a multiple of G, got "
+                         f"{tuple(absent_inside.shape)} {absent_inside.dtype}")  # fmt: skip
     tab = _device_tables(device)
     offsets, edges = tab["corner_offsets"], tab["edges"]
 
@@ -252,6 +260,11 @@ def flexicubes(
     corner_vid = _lookup(vkeys, cell_base[:, None] + corner_key_offsets[None])  # (K, 8) index into vkeys or -1
     corner_vid = torch.where(corner_vid >= 0, vorder[corner_vid.clamp(min=0)], -1)  # (K, 8) row in the inputs or -1
     corner_sdf = _gather_or(vertex_sdf.to(dtype), corner_vid, torch.tensor(absent_sdf, dtype=dtype, device=device))
+    if absent_inside is not None:  # unlisted corners in a sealed coarse cell are inside
+        row, k = torch.nonzero(corner_vid < 0, as_tuple=True)
+        coarse = ((cells[row] + offsets[k]) // (R // absent_inside.shape[0])).clamp(max=absent_inside.shape[0] - 1)
+        sealed = absent_inside[coarse[:, 0], coarse[:, 1], coarse[:, 2]]
+        corner_sdf[row[sealed], k[sealed]] = -absent_sdf
     inside = corner_sdf < 0  # (K, 8)
     n_inside = inside.sum(dim=1)
     surface = (n_inside > 0) & (n_inside < 8)

@@ -22,6 +22,22 @@ Steps, as the official code does them but without its dense R^3 grids:
 3. FlexiCubes (`flexicubes.flexicubes`) on those points; a lattice point no voxel touches counts as outside
    (sdf +1), undeformed, colour sigmoid(0) = 0.5; a cell that is not an occupied voxel has weights 0.
 
+Departures from the official code, with `seal_block` (the pipeline passes 4, the coarse voxel's side in fine
+voxels), that make the mesh one closed outer surface:
+
+* The grid's boundary closes it: lattice points on the boundary of [0, R]^3 are made outside (sdf at least
+  +1/R). Objects are scaled to fill the grid, so their shells touch it (a sphere touches all six sides); where
+  the decoder puts such a point inside, the official extraction has no cell beyond it to close the surface in,
+  and leaves a hole.
+* The interior that the pipeline pruned from the occupancy (`occupancy.keep_surface`) counts as inside
+  again. Officially it is outside, so a second, inward surface forms where the shell meets the pruned interior
+(clean-up has to find and drop it), and wherever the decoder puts the whole thickness of the shell outside, the
+outer surface opens into that hollow: a hole through which the inside of the object shows. Here the empty
+coarse cells the voxels wall in (`occupancy.sealed_cells`) have their untouched lattice points inside, and every
+listed point on the boundary of such a cell is made inside too (sdf at most -1/R): no surface can form between
+the shell and the interior, so there is no inner wall, and where the shell was pierced the outer surface closes
+over the interior (a dent at most one coarse voxel deep) instead of opening. Half the faces, no holes.
+
 Output: `SurfaceMesh(vertices (V, 3) float32 in the object-local frame (z-up, [-0.5, 0.5]^3), faces (F, 3) int32,
 vertex_attrs (V, 6))`; vertex_attrs[:, :3] is the RGB vertex colour in [0, 1], [:, 3:] the normal-map channels.
 Vertex and face order are the official ones. Memory and time scale with the number of voxels (sorts of 8 N keys).
@@ -32,26 +48,31 @@ import torch
 
 from .errors import InputError
 from .flexicubes import CORNER_OFFSETS, SurfaceMesh, flexicubes
+from .occupancy import sealed_cells
 from .sparse.tensor import SparseTensor
 
 CHANNELS = {"sdf": (0, 8), "deform": (8, 32), "weights": (32, 53), "color": (53, 101)}  # [start, stop)
 CHANNELS_WITH_COLOR = 101
 CHANNELS_WITHOUT_COLOR = 53
 WEIGHT_SCALE = 0.99  # FlexiCubes weight_scale of the official call
+SUBDIVISION = 4  # the mesh decoder's two 2x subdivisions: a coarse voxel is 4^3 fine ones (the `seal_block` to use)
 
 
-def decoded_to_mesh(decoded: SparseTensor, resolution: int = 256) -> SurfaceMesh:
+def decoded_to_mesh(decoded: SparseTensor, resolution: int = 256, *, seal_block: int | None = None) -> SurfaceMesh:
     """The mesh decoder's SparseTensor (N voxels x 101 or 53 channels, one batch item) -> SurfaceMesh."""
     coords = decoded.coords
     if decoded.num_voxels and bool((coords[:, 0] != coords[0, 0]).any()):
         raise InputError("decoded_to_mesh: the voxels belong to several batch items; extract one item at a time")
-    return features_to_mesh(coords[:, 1:], decoded.feats, resolution)
+    return features_to_mesh(coords[:, 1:], decoded.feats, resolution, seal_block=seal_block)
 
 
-def features_to_mesh(coords: torch.Tensor, feats: torch.Tensor, resolution: int = 256) -> SurfaceMesh:
+def features_to_mesh(coords: torch.Tensor, feats: torch.Tensor, resolution: int = 256, *,
+                     seal_block: int | None = None) -> SurfaceMesh:  # fmt: skip
     """coords (N, 3) int unique voxels in [0, R)^3; feats (N, 101) (or (N, 53) without colour) -> SurfaceMesh.
 
-    Computes in float32 whatever the dtype of feats. With 53 channels the mesh has no vertex_attrs.
+    Computes in float32 whatever the dtype of feats. With 53 channels the mesh has no vertex_attrs. `seal_block`:
+    count the interior sealed by coarse cells of this many fine voxels a side as inside (module docstring);
+    None: the official extraction.
     """
     R = int(resolution)
     N, C = feats.shape[0], (feats.shape[1] if feats.ndim == 2 else -1)
@@ -99,9 +120,34 @@ def features_to_mesh(coords: torch.Tensor, feats: torch.Tensor, resolution: int 
     colors = torch.sigmoid(scatter_mean("color", 6)) if use_color else None  # (V, 6)
     weights = feats[:, CHANNELS["weights"][0]:CHANNELS["weights"][1]]  # (N, 21)
 
-    # 3. FlexiCubes over the cells near the surface.
+    # 3. Sealing (optional): the grid's boundary outside, the sealed interior's boundary inside.
+    sealed = None
+    if seal_block is not None and N:
+        if seal_block < 1 or R % seal_block:
+            raise InputError(f"features_to_mesh: seal_block must divide the resolution {R}, got {seal_block}")
+        on_grid_boundary = ((points == 0) | (points == R)).any(dim=1)
+        sdf = torch.where(on_grid_boundary, sdf.clamp(min=1.0 / R), sdf)
+        sealed = sealed_cells(coords, R, seal_block)  # (G, G, G); no sealed cell touches the grid's boundary
+        if bool(sealed.any()):
+            sdf = torch.where(_on_sealed_cell(points, sealed, seal_block), sdf.clamp(max=-1.0 / R), sdf)
+        else:
+            sealed = None
+
+    # 4. FlexiCubes over the cells near the surface.
     absent_color = torch.full((6,), 0.5, device=device) if use_color else None  # sigmoid(0)
     return flexicubes(
         points, positions, sdf, coords, weights, R, colors,
-        absent_sdf=1.0, absent_attrs=absent_color, grid_origin=-0.5, weight_scale=WEIGHT_SCALE,
+        absent_sdf=1.0, absent_attrs=absent_color, absent_inside=sealed, grid_origin=-0.5, weight_scale=WEIGHT_SCALE,
     )
+
+
+def _on_sealed_cell(points: torch.Tensor, sealed: torch.Tensor, block: int) -> torch.Tensor:
+    """points (V, 3) lattice coordinates -> (V,) bool: the point is a corner or on a side of a sealed coarse cell."""
+    g = sealed.shape[0]
+    found = torch.zeros(points.shape[0], dtype=torch.bool, device=points.device)
+    for offset in CORNER_OFFSETS:  # the up to 8 coarse cells that share the point
+        cell = torch.div(points - torch.tensor(offset, device=points.device), block, rounding_mode="floor")
+        valid = ((cell >= 0) & (cell < g)).all(dim=1)
+        cell = cell.clamp(0, g - 1)
+        found |= valid & sealed[cell[:, 0], cell[:, 1], cell[:, 2]]
+    return found

@@ -6,9 +6,13 @@ Coordinates are (N, 4) int32 rows (batch, x, y, z). Three steps, in pipeline ord
 2. `keep_surface`: drop interior voxels (all 27 cells of their 3×3×3 neighbourhood occupied), order kept;
 3. `cap_voxel_count`: when more than `max_coords` voxels remain, halve the grid around the bounding box
    centre (factor 2, which the pipeline multiplies into the pose scale), then subsample at random if still over.
+
+And one step back, for mesh extraction: `sealed_cells` finds the interior that step 2 emptied (every empty cell
+the voxels wall in), so that the extraction can count it as inside again.
 """
 from __future__ import annotations
 
+import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
@@ -40,6 +44,27 @@ def keep_surface(coords: torch.Tensor) -> torch.Tensor:
     count = F.conv3d(grid, kernel, padding=1)  # (B', 1, X, Y, Z), exact small integers
     keep = count[c[:, 0] - lo[0], 0, xyz[:, 0], xyz[:, 1], xyz[:, 2]] < 27
     return coords[keep]
+
+
+def sealed_cells(voxels: torch.Tensor, resolution: int, block: int) -> torch.Tensor:
+    """The empty cells of a coarse grid that the voxels wall in: (G, G, G) bool on the voxels' device, G = R / block.
+
+    voxels (N, 3) int: fine voxels (x, y, z) in [0, R)^3, R = `resolution`; coarse cell c holds the fine voxels
+    c * block + [0, block)^3 and is occupied when any of them is listed. An empty coarse cell is sealed when no
+    path through face-adjacent empty cells leads from it out of the grid: what `keep_surface` pruned, and any
+    closed cavity. A shell with an opening seals nothing behind the opening.
+    """
+    if resolution % block:
+        raise ValueError(f"sealed_cells: resolution {resolution} is not a multiple of the block {block}")
+    g = resolution // block
+    # One empty cell of margin: the outside is one connected region. The grid is filled where the voxels are and
+    # only it goes to the host (a few hundred kB, where the voxels can be tens of MB).
+    occupied = torch.zeros((g + 2,) * 3, dtype=torch.bool, device=voxels.device)
+    cells = voxels.long() // block + 1
+    occupied[cells[:, 0], cells[:, 1], cells[:, 2]] = True
+    labels, _ = scipy.ndimage.label(~occupied.cpu().numpy())  # face-adjacent (6-connected) empty regions, from 1
+    sealed = (labels > 0) & (labels != labels[0, 0, 0])
+    return torch.from_numpy(sealed[1:-1, 1:-1, 1:-1].copy()).to(voxels.device)
 
 
 def cap_voxel_count(

@@ -32,7 +32,7 @@ from .depth import DepthEstimator
 from .errors import Cancelled, EngineError, InputError, OutOfMemoryError
 from .images import to_mask, to_rgb_float
 from .layout_fit import fit_layout, voxel_points
-from .mesh_extraction import decoded_to_mesh
+from .mesh_extraction import SUBDIVISION, decoded_to_mesh
 from .model_store import ModelStore, Provider
 from .models.attention import attention_kernels
 from .models.slat_flow import SlatVelocity
@@ -132,6 +132,7 @@ class Pipeline:
         cancel: threading.Event | None = None,
         postprocess: PostprocessOptions | None = PostprocessOptions(),
         refine_layout: bool | None = None,
+        seal_mesh: bool | None = None,
     ) -> ReconstructionResult:
         """Reconstruct every masked object of one picture.
 
@@ -144,7 +145,9 @@ class Pipeline:
         that turn each raw decoder mesh into a clean, decimated, UV-unwrapped, textured one (`postprocess/`), or
         None for the raw mesh (vertex colours). The raw mesh is kept in `ObjectResult.raw_mesh` either way.
         refine_layout: fit each pose's translation and scale to its mask and the pointmap before stage 2
-        (`layout_fit.py`; None: the configuration's `refine_layout`).
+        (`layout_fit.py`; None: the configuration's `refine_layout`). seal_mesh: close each mesh where the object
+        meets the grid's sides and over the pruned interior (`mesh_extraction.py`); False: the official extraction
+        (None: the configuration's `seal_mesh`).
         """
         stage1, stage2 = samplers_for(self.config, quality)
         outputs = tuple(outputs)
@@ -167,7 +170,8 @@ class Pipeline:
             if self.config.refine_layout if refine_layout is None else refine_layout:
                 self._refine_layout(objects, mask_list, points_p3d, k, run)
             self._stage2(objects, stage2, run)
-            results = self._decode(objects, outputs, run)
+            seal = self.config.seal_mesh if seal_mesh is None else seal_mesh
+            results = self._decode(objects, outputs, run, seal)
             if postprocess is not None and "mesh" in outputs:
                 self._postprocess(results, postprocess, run)
         except torch.OutOfMemoryError:
@@ -375,7 +379,7 @@ class Pipeline:
             return nullcontext(velocity)
         return GraphedVelocity(velocity, CudaGraphBackend(self.device))
 
-    def _decode(self, objects: list[_Object], outputs: tuple[str, ...], run: _Run) -> list[ObjectResult]:
+    def _decode(self, objects: list[_Object], outputs: tuple[str, ...], run: _Run, seal: bool) -> list[ObjectResult]:
         results = [
             ObjectResult(o.index, o.pose, o.pose.object_to_camera().numpy(), raw=o.raw) for o in objects
         ]  # fmt: skip
@@ -390,9 +394,10 @@ class Pipeline:
         if "mesh" in outputs:
             with run.stage("mesh"):
                 decoder = self.models.get("mesh_decoder")
-                resolution = self.config.mesh_decoder.trunk.resolution * 4  # two 2x subdivisions
+                resolution = self.config.mesh_decoder.trunk.resolution * SUBDIVISION
                 for obj, res in zip(objects, results):
-                    surface = decoded_to_mesh(decoder(self._latent(obj)), resolution)
+                    surface = decoded_to_mesh(decoder(self._latent(obj)), resolution,
+                                              seal_block=SUBDIVISION if seal else None)  # fmt: skip
                     attrs = surface.vertex_attrs
                     if attrs is not None:
                         res.raw["mesh.vertex_attrs"] = attrs.float().cpu()

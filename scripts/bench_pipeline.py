@@ -82,7 +82,7 @@ from engine.random_weights import randomize_  # noqa: E402
 from engine.config import MODEL_NAMES, PipelineConfig, preset, samplers_for  # noqa: E402
 from engine.flexicubes import CORNER_OFFSETS  # noqa: E402
 from engine.images import to_mask, to_rgb_float  # noqa: E402
-from engine.mesh_extraction import CHANNELS, decoded_to_mesh  # noqa: E402
+from engine.mesh_extraction import CHANNELS, SUBDIVISION, decoded_to_mesh  # noqa: E402
 from engine.model_store import ModelStore, build  # noqa: E402
 from engine.models import fused  # noqa: E402
 from engine.models.attention import attention_kernels  # noqa: E402
@@ -389,13 +389,13 @@ def run_object(
         if decoded is not None:
             checks["fine_voxels"] = decoded.num_voxels
             checks["decoded_finite"] = bool(torch.isfinite(decoded.feats).all())
-            resolution = config.mesh_decoder.trunk.resolution * 4
+            resolution = config.mesh_decoder.trunk.resolution * SUBDIVISION
             if args.mesh_sdf == "ellipsoid":
                 decoded = decoded.replace(shape.with_sdf(decoded.coords, decoded.feats, resolution))  # untimed
 
             def extract() -> Mesh:
                 with rec("flexicubes"):
-                    surface = decoded_to_mesh(decoded, resolution)
+                    surface = decoded_to_mesh(decoded, resolution, seal_block=SUBDIVISION)  # as the pipeline
                     attrs = surface.vertex_attrs
                     return Mesh(
                         vertices=surface.vertices.float().cpu().numpy(),

@@ -3,7 +3,9 @@
 Why it exists: the pipeline keeps only the surface shell of the occupied voxels (`occupancy.keep_surface`), and
 FlexiCubes takes every lattice point of the pruned interior as outside. So besides the true outer surface, a
 second closed surface forms about one coarse voxel further in, wound inward (its normals point into the pruned
-hole). It is invisible, and it doubles the faces that decimation and clean-up work on.
+hole). It is invisible, and it doubles the faces that decimation and clean-up work on. The pipeline's own
+extraction no longer makes it (`mesh_extraction`'s `seal_block` counts the pruned interior as inside); this pass
+stays for meshes extracted the official way and for sealed cavities in meshes from elsewhere.
 
 The rule (`find_inner_walls`): a part (a vertex-connected component) is an inner wall when it faces away from
 the material it is buried in, for a robust majority of its sample points:

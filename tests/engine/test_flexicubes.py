@@ -335,6 +335,8 @@ def test_malformed_inputs_raise_input_error_naming_the_argument():
         flexicubes(coords, x, sdf[:1], cells, w, 4)
     with pytest.raises(InputError, match="absent_sdf"):
         flexicubes(coords, x, sdf, cells, w, 4, absent_sdf=-1.0)
+    with pytest.raises(InputError, match="absent_inside"):
+        flexicubes(coords, x, sdf, cells, w, 4, absent_inside=torch.zeros(3, 3, 3, dtype=torch.bool))
     with pytest.raises(InputError, match="repeated lattice points"):
         flexicubes(coords[[0, 0]], x, sdf, cells, w, 4)
     with pytest.raises(InputError, match="repeated cells"):

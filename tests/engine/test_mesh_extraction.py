@@ -160,6 +160,8 @@ def test_bad_inputs_raise_input_error():
         features_to_mesh(coords[:, :2], torch.rand(1, 101), resolution=8)
     with pytest.raises(InputError, match="repeated"):
         features_to_mesh(coords[[0, 0]], torch.rand(2, 101), resolution=8)
+    with pytest.raises(InputError, match="seal_block"):
+        features_to_mesh(coords, torch.rand(1, 101), resolution=8, seal_block=3)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

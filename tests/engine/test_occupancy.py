@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.occupancy import MAX_COORDS, cap_voxel_count, coords_from_logits, keep_surface
+from engine.occupancy import MAX_COORDS, cap_voxel_count, coords_from_logits, keep_surface, sealed_cells
 from tests.engine.parity import load_case
 
 
@@ -111,3 +111,45 @@ def _halved_reference(coords: np.ndarray) -> list[list[int]]:
     scaled = np.clip(scaled, tmin.astype(np.int64), tmax.astype(np.int64)).astype(np.int64)
     rows = np.concatenate([coords[:, :1].astype(np.int64), scaled], axis=1)
     return [list(r) for r in sorted(set(map(tuple, rows.tolist())))]  # unique rows, lexicographic
+
+
+def _fine_voxels(cells: torch.Tensor, block: int) -> torch.Tensor:
+    """Coarse cells (M, 3) -> all their fine voxels (M * block^3, 3), as the mesh decoder's subdivisions give."""
+    sub = torch.arange(block)
+    offsets = torch.stack(torch.meshgrid(sub, sub, sub, indexing="ij"), -1).reshape(-1, 3)
+    return (cells[:, None] * block + offsets).reshape(-1, 3)
+
+
+def test_sealed_cells_are_the_empty_cells_a_closed_shell_walls_in():
+    gen = torch.Generator().manual_seed(4)
+    g, block = 12, 2
+    lo = torch.randint(0, 3, (3,), generator=gen)
+    hi = lo + torch.randint(4, 8, (3,), generator=gen)  # a box of cells [lo, hi], at least 3 empty cells inside
+    axis = torch.arange(g)
+    cells = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    in_box = ((cells >= lo) & (cells <= hi)).all(dim=1)
+    inside = ((cells > lo) & (cells < hi)).all(dim=1)
+    shell = cells[in_box & ~inside]
+    sealed = sealed_cells(_fine_voxels(shell, block).int(), g * block, block)
+    assert sealed.shape == (g, g, g) and sealed.dtype == torch.bool
+    assert torch.equal(sealed.reshape(-1), inside)  # exactly the box's interior
+
+    # One fine voxel of a coarse cell occupies it: the shell stays closed with most of a cell's voxels gone.
+    partial = torch.cat([shell[:1] * block, _fine_voxels(shell[1:], block)])
+    assert torch.equal(sealed_cells(partial.int(), g * block, block).reshape(-1), inside)
+
+    # A hole of one cell through a side (face-adjacent path to the outside) seals nothing.
+    side = shell[(shell[:, 0] == lo[0]) & (shell[:, 1] > lo[1]) & (shell[:, 1] < hi[1])
+                 & (shell[:, 2] > lo[2]) & (shell[:, 2] < hi[2])]  # fmt: skip
+    opened = shell[~(shell == side[0]).all(dim=1)]
+    assert not sealed_cells(_fine_voxels(opened, block).int(), g * block, block).any()
+
+    # Cells touching the shell only along an edge or at a corner are not a way out.
+    edge = shell[~((shell[:, 0] == lo[0]) & (shell[:, 1] == lo[1]))]  # the cells along one edge of the box gone
+    assert torch.equal(sealed_cells(_fine_voxels(edge, block).int(), g * block, block).reshape(-1), inside)
+
+
+def test_sealed_cells_of_nothing_and_a_bad_block():
+    assert not sealed_cells(torch.zeros(0, 3, dtype=torch.int32), 8, 4).any()
+    with pytest.raises(ValueError, match="multiple"):
+        sealed_cells(torch.zeros(1, 3, dtype=torch.int32), 10, 4)

@@ -61,7 +61,8 @@ def _check(raw: dict[str, torch.Tensor], pose, mesh, gaussians, io) -> None:
 def test_the_release_folder_reproduces_the_official_run_through_the_api(io, tmp_path):
     image, mask, pointmap, noise = _inputs(io)
     pipe = Pipeline.from_source(str(FOLDER), device="cpu", dtype="float32", cache_dir=tmp_path)
-    result = pipe.reconstruct(image, [mask], pointmap=pointmap, seed=4242, noise=[noise], postprocess=None)
+    result = pipe.reconstruct(image, [mask], pointmap=pointmap, seed=4242, noise=[noise], postprocess=None,
+                              seal_mesh=False)
     obj = result.objects[0]
     pose = {"rotation": obj.pose.rotation, "translation": obj.pose.translation, "scale": obj.pose.scale}
     mesh = {"vertices": obj.mesh.vertices, "faces": obj.mesh.faces}
@@ -87,7 +88,7 @@ def test_the_release_folder_reproduces_the_official_run_through_the_cli(io, tmp_
     cmd = [sys.executable, "-m", "engine", "reconstruct", str(tmp_path / "image.png"), "--mask", str(tmp_path / "mask.png"),
            "--weights", str(FOLDER), "--out", str(out), "--seed", "4242", "--pointmap", str(tmp_path / "pointmap.npy"),
            "--noise", str(FOLDER / "io.safetensors"), "--device", "cpu", "--dtype", "float32", "--save-raw",
-           "--raw-mesh"]
+           "--raw-mesh", "--official-mesh"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "[geometry] 100%" in proc.stderr

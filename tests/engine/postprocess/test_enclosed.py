@@ -22,13 +22,15 @@ SUBDIVISION = 4  # the mesh decoder's two 2x subdivisions: fine resolution = 4 x
 
 # ------------------------------------------------------------------------------------------------ raw meshes
 
-def pruned_raw_mesh(sdf, coarse: int, seed: int) -> Mesh:
+def pruned_raw_mesh(sdf, coarse: int, seed: int, *, decoder_sdf=None, seal_block: int | None = None) -> Mesh:
     """A raw decoder mesh made the pipeline's way, with an exact sdf in place of the decoder's.
 
     Occupancy: the coarse cells whose centre has sdf <= 0 (the solid, as the demo targets define it); only the
     surface shell is kept (`keep_surface`); each kept cell becomes 4^3 fine voxels whose 8 corners carry the sdf
-    (+1/R, which the extraction's sdf bias takes off again), random deformations, FlexiCubes weights and colours.
+    (`decoder_sdf` when given; +1/R, which the extraction's sdf bias takes off again), random deformations,
+    FlexiCubes weights and colours. `seal_block` goes to the extraction (None: the official one).
     """
+    decoder_sdf = sdf if decoder_sdf is None else decoder_sdf
     gen = torch.Generator().manual_seed(seed)
     fine = coarse * SUBDIVISION
     axis = torch.arange(coarse)
@@ -42,11 +44,11 @@ def pruned_raw_mesh(sdf, coarse: int, seed: int) -> Mesh:
     corners = voxels[:, None] + torch.tensor(CORNER_OFFSETS)  # (M, 8, 3)
     m = voxels.shape[0]
     feats = torch.empty(m, 101)
-    feats[:, 0:8] = sdf(corners.reshape(-1, 3).double() / fine - 0.5).reshape(m, 8).float() + 1.0 / fine
+    feats[:, 0:8] = decoder_sdf(corners.reshape(-1, 3).double() / fine - 0.5).reshape(m, 8).float() + 1.0 / fine
     feats[:, 8:32] = torch.randn(m, 24, generator=gen)
     feats[:, 32:53] = 1.5 * torch.randn(m, 21, generator=gen)
     feats[:, 53:101] = torch.randn(m, 48, generator=gen)
-    surface = features_to_mesh(voxels.int(), feats, resolution=fine)
+    surface = features_to_mesh(voxels.int(), feats, resolution=fine, seal_block=seal_block)
     return Mesh(surface.vertices.numpy(), surface.faces.numpy().astype(np.int32),
                 surface.vertex_attrs[:, :3].numpy().copy())
 
@@ -231,6 +233,72 @@ def test_an_inside_out_pruned_solid_loses_its_wall_and_is_turned_outward():
     out, report = clean_mesh(Mesh(raw.vertices, raw.faces[:, [0, 2, 1]]))
     assert report.dropped_walls == 1
     assert out.faces.shape[0] == expected.faces.shape[0] and stats(out).volume[0] > 0
+
+
+# ------------------------------------------------------------------- the sealed extraction (no wall to drop)
+
+@pytest.mark.parametrize("name", sorted(SOLIDS))
+def test_the_sealed_extraction_gives_the_outer_surface_alone(name):
+    official = pruned_raw_mesh(SOLIDS[name], coarse=16, seed=len(name))
+    sealed = pruned_raw_mesh(SOLIDS[name], coarse=16, seed=len(name), seal_block=SUBDIVISION)
+    after = stats(sealed)
+    assert after.count == 1 and after.volume[0] > 0
+    # The very same triangles as the official extraction's outer surface: nothing else formed, nothing moved.
+    np.testing.assert_array_equal(triangles(sealed), triangles(part_faces(official, lambda s: s.volume > 0)))
+    _, report = clean_mesh(sealed)
+    assert report.dropped_walls == 0
+
+
+def test_a_shell_the_decoder_pierces_closes_over_the_interior_instead_of_opening():
+    # The decoder puts a cap of the shell wholly outside (its whole thickness): officially the outer surface runs
+    # into the pruned hollow there and joins the inner wall (a hole into the object); sealed, it closes over it.
+    radius, coarse = 0.37, 16
+    sphere = SOLIDS["sphere"]
+    axis = torch.tensor([0.6, 0.0, 0.8], dtype=torch.float64)
+
+    def pierced(p):
+        d = sphere(p)
+        cap = (p @ axis) > 0.9 * p.norm(dim=-1)
+        return torch.where(cap, d.abs() + 2.0 / coarse, d)
+
+    official = pruned_raw_mesh(sphere, coarse, seed=11, decoder_sdf=pierced)
+    sealed = pruned_raw_mesh(sphere, coarse, seed=11, decoder_sdf=pierced, seal_block=SUBDIVISION)
+    ball_volume = 4 / 3 * np.pi * radius**3
+    before = stats(official)
+    assert before.count == 1 and before.volume[0] < 0.6 * ball_volume  # a cup: only the shell is solid
+    after = stats(sealed)
+    assert after.count == 1 and is_closed_and_consistent(sealed)
+    assert 0.85 * ball_volume < after.volume[0] < 1.1 * ball_volume  # a ball with a shallow dent
+    # Nothing deeper than the dent: the sealed interior's boundary, one coarse voxel and a half in at most.
+    assert np.linalg.norm(sealed.vertices, axis=1).min() > radius - 2.0 / coarse
+
+
+def test_a_solid_that_fills_the_grid_is_closed_at_its_sides():
+    # Objects are scaled to fill the grid: this sphere runs past every side of it, so the decoder's sdf is
+    # negative on the grid's boundary, where the official extraction has no cell beyond to close the surface in.
+    official = pruned_raw_mesh(sphere_sdf(0.53), coarse=16, seed=12)
+    assert not is_closed_and_consistent(official)
+    sealed = pruned_raw_mesh(sphere_sdf(0.53), coarse=16, seed=12, seal_block=SUBDIVISION)
+    after = stats(sealed)
+    assert after.count == 1 and is_closed_and_consistent(sealed) and after.volume[0] > 0
+    assert np.abs(sealed.vertices).max() <= 0.5 + 0.5 / 64  # within the grid (and a deformation of half a voxel)
+    near_side = np.abs(sealed.vertices[sealed.faces]) > 0.5 - 1.5 / 64  # (F, 3 corners, 3 axes)
+    assert near_side.all(axis=1).any(axis=1).sum() > 100  # the caps where the grid cuts the sphere
+
+
+def test_the_sealed_extraction_keeps_a_cavity_open_to_the_outside():
+    shell, cavity = sphere_sdf(0.44), sphere_sdf(0.21)
+    hole = lambda p: p[:, :2].norm(dim=-1) - 0.09  # noqa: E731
+
+    def cup(p):
+        solid = torch.maximum(shell(p), -cavity(p))
+        return torch.maximum(solid, torch.where(p[:, 2] > 0, -hole(p), torch.full_like(solid, -1.0)))
+
+    official = pruned_raw_mesh(cup, coarse=24, seed=5)
+    sealed = pruned_raw_mesh(cup, coarse=24, seed=5, seal_block=SUBDIVISION)
+    assert stats(sealed).count == 1  # the cup: outer and cavity surface, with no wall inside its material
+    np.testing.assert_array_equal(triangles(sealed), triangles(part_faces(official, lambda s: s.volume > 0)))
+    assert (np.linalg.norm(sealed.vertices, axis=1) < 0.25).any()
 
 
 # ------------------------------------------------------------------------------------------ the nesting rule
