@@ -197,7 +197,7 @@ def test_the_pipeline_samples_both_stages_through_graphs_when_on(monkeypatch):
     pipe = pipeline_mod.Pipeline.from_source("random", "tiny", device="cpu", seed=3, cuda_graphs=True)
     assert not pipe.cuda_graphs  # ignored off CUDA
     image, mask, pointmap = _scene()
-    args = dict(pointmap=pointmap, seed=9, quality="fast", outputs=("gaussians",), postprocess=None)
+    args = dict(pointmap=pointmap, seed=9, quality="default", outputs=("gaussians",), postprocess=None)
     eager = pipe.reconstruct(image, [mask], **args)
 
     backends: list[FakeBackend] = []
@@ -210,3 +210,24 @@ def test_the_pipeline_samples_both_stages_through_graphs_when_on(monkeypatch):
     for key in ("stage1.shape", "stage2.x1_normalized"):
         np.testing.assert_array_equal(graphed.objects[0].raw[key].numpy(), eager.objects[0].raw[key].numpy())
     np.testing.assert_array_equal(graphed.objects[0].gaussians.xyz, eager.objects[0].gaussians.xyz)
+
+
+def test_the_pipeline_graphs_only_sampling_runs_with_enough_steps(monkeypatch):
+    """Short runs (the fast preset) run eagerly: their few calls per signature do not repay warm-up and capture."""
+    from types import SimpleNamespace
+
+    import engine.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "CudaGraphBackend", lambda device: FakeBackend())
+    owner = SimpleNamespace(cuda_graphs=True, device=torch.device("cpu"))
+
+    def velocity(x, t, d, c):
+        return x
+
+    with pipeline.Pipeline._steps(owner, velocity, pipeline.GRAPH_MIN_STEPS - 1) as step:
+        assert step is velocity
+    with pipeline.Pipeline._steps(owner, velocity, pipeline.GRAPH_MIN_STEPS) as step:
+        assert isinstance(step, GraphedVelocity)
+    owner.cuda_graphs = False
+    with pipeline.Pipeline._steps(owner, velocity, 50) as step:
+        assert step is velocity
