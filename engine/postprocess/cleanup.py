@@ -8,8 +8,9 @@ loop over any of them):
 2. `weld_vertices` — vertices closer than a tolerance become one; faces with a repeated vertex go.
 3. `part_stats` + `drop_floaters` — vertex-connected parts whose area is small against the largest part go.
    Then `drop_inner_walls`: closed parts buried inside another part and wound inward go (`enclosed.py`): the
-   second, inward surface that interior pruning leaves inside every decoder mesh. This runs on the decoder's own
-   winding, which FlexiCubes sets face by face from the sdf, before step 4 may re-root it.
+   second, inward surface that interior pruning leaves inside a decoder mesh extracted the official way (the
+   pipeline's sealed extraction makes none). This runs on the decoder's own winding, which FlexiCubes sets face
+   by face from the sdf, before step 4 may re-root it.
 4. Only when a kept part is not closed and consistently wound (`HalfEdges.all_paired`; a decoder mesh usually
    is): `drop_degenerate_faces` (duplicate vertex triples), `orient_faces` (consistent winding across every
    manifold edge) and `fill_small_holes` (a boundary loop with few edges and a short perimeter gets a fan of
