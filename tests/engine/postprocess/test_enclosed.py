@@ -192,17 +192,17 @@ def test_two_pruned_objects_side_by_side_both_keep_their_outer_surfaces():
     np.testing.assert_array_equal(triangles(out), triangles(clean_mesh(outer)[0]))
 
 
+def cup_sdf(p):
+    """A ball with a spherical cavity that a hole from the top opens to the outside."""
+    solid = torch.maximum(sphere_sdf(0.44)(p), -sphere_sdf(0.21)(p))
+    hole = p[:, :2].norm(dim=-1) - 0.09
+    return torch.maximum(solid, torch.where(p[:, 2] > 0, -hole, torch.full_like(solid, -1.0)))
+
+
 def test_a_thick_shell_open_through_a_hole_keeps_its_cavity():
-    # A ball with a spherical cavity that a hole from the top opens to the outside: the cavity surface is wound
-    # inward and lies inside the outer one, but it is the same part as the outer surface, so it is real.
-    shell, cavity = sphere_sdf(0.44), sphere_sdf(0.21)
-    hole = lambda p: p[:, :2].norm(dim=-1) - 0.09  # noqa: E731
-
-    def cup(p):
-        solid = torch.maximum(shell(p), -cavity(p))
-        return torch.maximum(solid, torch.where(p[:, 2] > 0, -hole(p), torch.full_like(solid, -1.0)))
-
-    raw = pruned_raw_mesh(cup, coarse=24, seed=5)
+    # The cup's cavity surface is wound inward and lies inside the outer one, but it is the same part as the
+    # outer surface, so it is real.
+    raw = pruned_raw_mesh(cup_sdf, coarse=24, seed=5)
     before = stats(raw)
     assert before.count == 2  # the cup (outer + cavity surface) and the wall inside its material
     cup_faces = part_faces(raw, lambda s: s.volume > 0)
@@ -287,15 +287,8 @@ def test_a_solid_that_fills_the_grid_is_closed_at_its_sides():
 
 
 def test_the_sealed_extraction_keeps_a_cavity_open_to_the_outside():
-    shell, cavity = sphere_sdf(0.44), sphere_sdf(0.21)
-    hole = lambda p: p[:, :2].norm(dim=-1) - 0.09  # noqa: E731
-
-    def cup(p):
-        solid = torch.maximum(shell(p), -cavity(p))
-        return torch.maximum(solid, torch.where(p[:, 2] > 0, -hole(p), torch.full_like(solid, -1.0)))
-
-    official = pruned_raw_mesh(cup, coarse=24, seed=5)
-    sealed = pruned_raw_mesh(cup, coarse=24, seed=5, seal_block=SUBDIVISION)
+    official = pruned_raw_mesh(cup_sdf, coarse=24, seed=5)
+    sealed = pruned_raw_mesh(cup_sdf, coarse=24, seed=5, seal_block=SUBDIVISION)
     assert stats(sealed).count == 1  # the cup: outer and cavity surface, with no wall inside its material
     np.testing.assert_array_equal(triangles(sealed), triangles(part_faces(official, lambda s: s.volume > 0)))
     assert (np.linalg.norm(sealed.vertices, axis=1) < 0.25).any()
