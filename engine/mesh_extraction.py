@@ -29,14 +29,14 @@ voxels), that make the mesh one closed outer surface:
   +1/R). Objects are scaled to fill the grid, so their shells touch it (a sphere touches all six sides); where
   the decoder puts such a point inside, the official extraction has no cell beyond it to close the surface in,
   and leaves a hole.
-* The interior that the pipeline pruned from the occupancy (`occupancy.keep_surface`) counts as inside
-  again. Officially it is outside, so a second, inward surface forms where the shell meets the pruned interior
-(clean-up has to find and drop it), and wherever the decoder puts the whole thickness of the shell outside, the
-outer surface opens into that hollow: a hole through which the inside of the object shows. Here the empty
-coarse cells the voxels wall in (`occupancy.sealed_cells`) have their untouched lattice points inside, and every
-listed point on the boundary of such a cell is made inside too (sdf at most -1/R): no surface can form between
-the shell and the interior, so there is no inner wall, and where the shell was pierced the outer surface closes
-over the interior (a dent at most one coarse voxel deep) instead of opening. Half the faces, no holes.
+* The interior that the pipeline pruned from the occupancy (`occupancy.keep_surface`) counts as inside again.
+  Officially it is outside, so a second, inward surface forms where the shell meets the pruned interior (clean-up
+  has to find and drop it), and wherever the decoder puts the whole thickness of the shell outside, the outer
+  surface opens into that hollow: a hole through which the inside of the object shows. Here the empty coarse
+  cells the voxels wall in (`occupancy.sealed_cells`) have their untouched lattice points inside, and every
+  listed point on the boundary of such a cell is made inside too (sdf at most -1/R): no surface can form between
+  the shell and the interior, so there is no inner wall, and where the shell was pierced the outer surface
+  closes over the interior (a dent at most one coarse voxel deep) instead of opening. Half the faces, no holes.
 
 Output: `SurfaceMesh(vertices (V, 3) float32 in the object-local frame (z-up, [-0.5, 0.5]^3), faces (F, 3) int32,
 vertex_attrs (V, 6))`; vertex_attrs[:, :3] is the RGB vertex colour in [0, 1], [:, 3:] the normal-map channels.
