@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     summary.update(images=args.images, seconds=time.perf_counter() - start, weights=str(args.weights),
                    quality=args.quality, postprocess=args.postprocess, device=str(pipe.device),
                    given_voxels=args.given_voxels or args.given_latents is not None,
-                   given_latents=None if args.given_latents is None else str(args.given_latents), swap_rb=args.swap_rb, true_pose=args.true_pose,
+                   given_latents=None if args.given_latents is None else str(args.given_latents),
+                   swap_rb=args.swap_rb, true_pose=args.true_pose,
                    refine_layout=args.refine_layout,
                    refine_layout_applied=(config.refine_layout if REFINE_LAYOUT[args.refine_layout] is None
                                           else REFINE_LAYOUT[args.refine_layout]),
