@@ -154,15 +154,22 @@ class _GaussianBlend:
         self.colors = torch.from_numpy(np.asarray(g.colors, np.float32)).clamp(0, 1).to(device)
         self.opacity = torch.from_numpy(np.asarray(g.opacity, np.float32).reshape(-1)).to(device)
         q = torch.from_numpy(np.asarray(g.rotation, np.float32)).to(device)
-        self.rot = _quaternion_to_matrix(q / q.norm(dim=1, keepdim=True).clamp(min=1e-12))  # (N, 3, 3) local->obj
+        rot = _quaternion_to_matrix(q / q.norm(dim=1, keepdim=True).clamp(min=1e-12))  # (N, 3, 3) local->obj
         sigma = torch.from_numpy(np.asarray(g.scaling, np.float32)).to(device)
-        self.inv_sigma = 1.0 / torch.sqrt(sigma ** 2 + GAUSSIAN_MIN_SIGMA ** 2)  # (N, 3)
+        inv_sigma = 1.0 / torch.sqrt(sigma ** 2 + GAUSSIAN_MIN_SIGMA ** 2)  # (N, 3)
+        # The falloff's exponent is |R^T d / sigma|^2 = d^T P d with P = R diag(1/sigma^2) R^T: 6 numbers per
+        # Gaussian to gather per neighbour instead of a rotation and scales (and no batched 3x3 products).
+        m = rot * inv_sigma[:, None, :]
+        p = m @ m.transpose(1, 2)  # (N, 3, 3)
+        self.precision = torch.stack([p[:, 0, 0], p[:, 1, 1], p[:, 2, 2],
+                                      2 * p[:, 0, 1], 2 * p[:, 0, 2], 2 * p[:, 1, 2]], dim=1)  # (N, 6)
 
     def blend(self, points: torch.Tensor, base: torch.Tensor, prior: float) -> torch.Tensor:
         _, idx = self.neighbours.query(points.detach())  # (N, k)
-        offset = points[:, None, :] - self.xyz[idx]  # (N, k, 3)
-        local = torch.einsum("nkji,nkj->nki", self.rot[idx], offset) * self.inv_sigma[idx]  # R^T offset / sigma
-        weight = self.opacity[idx] * torch.exp(-0.5 * (local ** 2).sum(-1))  # (N, k)
+        dx, dy, dz = (points[:, None, :] - self.xyz[idx]).unbind(-1)  # (N, k) each
+        p = self.precision[idx].unbind(-1)  # 6 x (N, k)
+        exponent = p[0] * dx * dx + p[1] * dy * dy + p[2] * dz * dz + p[3] * dx * dy + p[4] * dx * dz + p[5] * dy * dz
+        weight = self.opacity[idx] * torch.exp(-0.5 * exponent)  # (N, k)
         num = (weight[:, :, None] * self.colors[idx]).sum(1) + prior * base
         return num / (weight.sum(1, keepdim=True) + prior)
 
