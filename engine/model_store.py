@@ -60,6 +60,8 @@ class ModelStore:
         self.dtype = dtype
         self.keep_loaded = keep_loaded
         self._loaded: dict[str, nn.Module] = {}
+        # Called with a network's name just before it is freed: whatever reads its weights (CUDA graphs) goes first.
+        self.on_release: list[Callable[[str], None]] = []
 
     def get(self, name: str) -> nn.Module:
         """The network `name`, loaded on the device in eval mode (loads it on first use)."""
@@ -75,6 +77,9 @@ class ModelStore:
     def release(self, *names: str) -> None:
         """Free the named networks (all when none is named) and return their memory to the device."""
         for name in names or tuple(self._loaded):
+            if name in self._loaded:
+                for listener in self.on_release:
+                    listener(name)
             self._loaded.pop(name, None)
         gc.collect()
         if self.device.type == "cuda":

@@ -17,7 +17,7 @@ import threading
 import time
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from torch import nn
 from . import frames, intrinsics as intrinsics_lib, noise as noise_lib
 from .assets import Mesh
 from .config import PipelineConfig, samplers_for
-from .cuda_graphs import CudaGraphBackend, GraphedVelocity
+from .cuda_graphs import CudaGraphBackend, GraphedVelocity, KeptVelocity
 from .depth import DEFAULT_WEIGHTS as DEFAULT_DEPTH_WEIGHTS
 from .depth import DepthEstimator
 from .errors import Cancelled, EngineError, InputError, OutOfMemoryError
@@ -53,6 +53,12 @@ GRAPH_MIN_STEPS = 12
 FLOW_ATTENTION_KERNELS: tuple[str, ...] = ()
 STAGES = ("pointmap", "condition", "geometry", "voxels", "texture", "gaussians", "mesh", "postprocess")  # in order
 # ("layout", when the layout is refined, runs between "voxels" and "texture")
+
+
+@contextmanager
+def _with_condition(steps: AbstractContextManager[VelocityFn], kv: Any, guided: Any) -> Iterator[tuple]:
+    with steps as step:
+        yield step, kv, guided
 
 
 @dataclass
@@ -88,6 +94,9 @@ class Pipeline:
         self.flow_attention = FLOW_ATTENTION_KERNELS if self.device.type == "cuda" else ()
         # Sampler steps replayed from CUDA graphs (`cuda_graphs.py`): CUDA only; turned off to compare with eager runs.
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
+        # Stage 1's graphs kept between objects and runs while its flow stays loaded (`_geometry_steps`).
+        self._kept_geometry: KeptVelocity | None = None
+        self.models.on_release.append(self._forget_graphs)
         self.weights_id = weights_id  # where the weights came from (stored on Blender objects)
         # MoGe for photos without a pointmap; its own preset follows the pipeline's when its weights are random.
         moge_preset = "tiny" if config.preprocess.size < 518 else "official"
@@ -348,9 +357,9 @@ class Pipeline:
             return {k: a.float() for k, a in v.items()}
 
         kv = flow.condition_kv(cond)  # guided calls: the same keys/values + the unconditional constants
-        with attention_kernels(self.flow_attention), self._steps(velocity, settings.steps) as step:
-            return sample(step, noise, kv, settings, guided_condition=flow.guided_kv(kv), progress=progress,
-                          cancelled=cancelled)
+        with attention_kernels(self.flow_attention), self._geometry_steps(flow, velocity, kv, settings.steps) as steps:
+            step, kv, guided = steps
+            return sample(step, noise, kv, settings, guided_condition=guided, progress=progress, cancelled=cancelled)
 
     @torch.inference_mode()
     def sample_texture(
@@ -374,6 +383,27 @@ class Pipeline:
         with attention_kernels(self.flow_attention), self._steps(velocity, settings.steps) as step:
             return sample(step, noise, kv, settings, guided_condition=flow.guided_kv(kv), progress=progress,
                           cancelled=cancelled)
+
+    def _geometry_steps(self, flow: nn.Module, velocity: VelocityFn, kv: Any,
+                        steps: int) -> AbstractContextManager[tuple[VelocityFn, Any, Any]]:
+        """Stage 1's (velocity, keys/values, guided keys/values). Its shapes never change, so with every network kept
+        loaded its graphs are kept too (`KeptVelocity`): later objects and runs copy their keys/values into the kept
+        ones and replay, whatever their step count. Otherwise as `_steps`."""
+        if not (self.cuda_graphs and self.models.keep_loaded):
+            return _with_condition(self._steps(velocity, steps), kv, flow.guided_kv(kv))
+        kept = self._kept_geometry
+        if kept is not None and kept.accepts(kv):
+            kept.load(kv)
+        else:
+            self._forget_graphs("ss_flow")
+            kept = self._kept_geometry = KeptVelocity(velocity, CudaGraphBackend(self.device), kv, flow.guided_kv)
+        return nullcontext((kept, kept.condition, kept.guided))
+
+    def _forget_graphs(self, network: str) -> None:
+        """Drop the graphs that read `network`'s weights (called before the model store frees it)."""
+        if network == "ss_flow" and self._kept_geometry is not None:
+            self._kept_geometry.release()
+            self._kept_geometry = None
 
     def _steps(self, velocity: VelocityFn, steps: int) -> AbstractContextManager[VelocityFn]:
         """The velocity the sampler calls: replayed from CUDA graphs when on and the run has `GRAPH_MIN_STEPS`

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.cuda_graphs import GraphedVelocity
+from engine.cuda_graphs import GraphedVelocity, KeptVelocity
 from engine.sampling import SamplerSettings, sample
 
 
@@ -190,6 +190,49 @@ def test_the_sampler_gives_the_same_latents_through_the_graphs():
     assert backend.released == [2]
 
 
+def test_a_kept_velocity_serves_later_conditions_from_the_graphs_of_the_first():
+    gen = torch.Generator().manual_seed(11)
+    velocity = _velocity(torch.randn(4, 4, generator=gen))
+    first = [{"a": (torch.randn(1, 5, 4, generator=gen), torch.randn(1, 5, 4, generator=gen))}]
+    second = [{"a": (torch.randn(1, 5, 4, generator=gen), torch.randn(1, 5, 4, generator=gen))}]
+    settings = SamplerSettings(steps=12, rescale_t=2.0, cfg_strength=2.0, cfg_interval=(0.0, 500.0), takes_d=True)
+
+    def as_tensor(c):  # the kept condition is a nested tree of tensors like the flows' keys/values
+        return c[0]["a"][0] + c[0]["a"][1]
+
+    def make_guided(c):  # holds the condition's tensors, as the flows' guided_kv does
+        return {"source": c}
+
+    def guided_velocity(x, t, d, c):
+        if isinstance(c, dict):  # guided: the conditional row, then an all-zero condition row
+            return velocity(x, t, d, torch.cat([as_tensor(c["source"]), as_tensor(c["source"]) * 0]))
+        return velocity(x, t, d, as_tensor(c))
+
+    backend = FakeBackend()
+    first_values = [{"a": tuple(a.clone() for a in first[0]["a"])}]  # `first` becomes the static buffers
+    kept = KeptVelocity(guided_velocity, backend, first, make_guided)
+    noise, _, _ = _inputs(gen)
+    got_first = sample(kept, noise, kept.condition, settings, guided_condition=kept.guided)
+    captures = backend.events.count("capture")
+    assert captures == 2  # guided and unguided calls
+    assert kept.accepts(second)
+    kept.load(second)
+    got_second = sample(kept, noise, kept.condition, settings, guided_condition=kept.guided)
+    assert backend.events.count("capture") == captures and backend.events.count("warm_up") == 4  # replays only
+    for cond, got in ((first_values, got_first), (second, got_second)):
+        want = sample(guided_velocity, noise, cond, settings, guided_condition=make_guided(cond))
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+    assert not torch.equal(got_first["shape"], got_second["shape"])
+
+    other = [{"a": (torch.randn(1, 6, 4, generator=gen), torch.randn(1, 6, 4, generator=gen))}]
+    assert not kept.accepts(other) and not kept.accepts([{"b": second[0]["a"]}])
+    with pytest.raises(ValueError, match="differ"):
+        kept.load(other)
+    kept.release()
+    assert backend.released == [2] and kept.condition is None
+
+
 def test_the_pipeline_samples_both_stages_through_graphs_when_on(monkeypatch):
     from engine import pipeline as pipeline_mod
     from tests.engine.test_pipeline import _scene
@@ -199,17 +242,41 @@ def test_the_pipeline_samples_both_stages_through_graphs_when_on(monkeypatch):
     image, mask, pointmap = _scene()
     args = dict(pointmap=pointmap, seed=9, quality="default", outputs=("gaussians",), postprocess=None)
     eager = pipe.reconstruct(image, [mask], **args)
+    other_image = _scene(seed=1)[0]  # another picture: other condition keys/values
+    eager_other = pipe.reconstruct(other_image, [mask], **{**args, "seed": 10})
 
     backends: list[FakeBackend] = []
     monkeypatch.setattr(pipeline_mod, "CudaGraphBackend", lambda device: backends.append(FakeBackend()) or backends[-1])
     pipe.cuda_graphs = True  # as on CUDA, with the fake backend
     graphed = pipe.reconstruct(image, [mask], **args)
-    assert len(backends) == 2  # one wrapper per object and stage
+    assert len(backends) == 2  # one wrapper per stage for this object
     for b in backends:
-        assert "capture" in b.events and "replay" in b.events and b.released
-    for key in ("stage1.shape", "stage2.x1_normalized"):
-        np.testing.assert_array_equal(graphed.objects[0].raw[key].numpy(), eager.objects[0].raw[key].numpy())
-    np.testing.assert_array_equal(graphed.objects[0].gaussians.xyz, eager.objects[0].gaussians.xyz)
+        assert "capture" in b.events and "replay" in b.events
+    stage1, stage2 = backends
+    assert stage2.released and not stage1.released  # stage 1's graphs are kept while its flow stays loaded
+    before = list(stage1.events)
+    graphed_other = pipe.reconstruct(other_image, [mask], **{**args, "seed": 10})
+    assert len(backends) == 3 and set(stage1.events[len(before):]) == {"replay"}  # no warm-up or capture again
+    for got, want in ((graphed, eager), (graphed_other, eager_other)):
+        for key in ("stage1.shape", "stage2.x1_normalized"):
+            np.testing.assert_array_equal(got.objects[0].raw[key].numpy(), want.objects[0].raw[key].numpy())
+        np.testing.assert_array_equal(got.objects[0].gaussians.xyz, want.objects[0].gaussians.xyz)
+    pipe.models.release("ss_flow")  # the flow goes: its graphs first
+    assert stage1.released == [2] and pipe._kept_geometry is None
+
+
+def test_graphs_are_not_kept_when_networks_are_freed_after_each_run(monkeypatch):
+    from engine import pipeline as pipeline_mod
+    from tests.engine.test_pipeline import _scene
+
+    pipe = pipeline_mod.Pipeline.from_source("random", "tiny", device="cpu", seed=3, keep_loaded=False)
+    backends: list[FakeBackend] = []
+    monkeypatch.setattr(pipeline_mod, "CudaGraphBackend", lambda device: backends.append(FakeBackend()) or backends[-1])
+    pipe.cuda_graphs = True
+    image, mask, pointmap = _scene()
+    pipe.reconstruct(image, [mask], pointmap=pointmap, seed=9, quality="default", outputs=("gaussians",),
+                     postprocess=None)
+    assert len(backends) == 2 and all(b.released for b in backends) and pipe._kept_geometry is None
 
 
 def test_the_pipeline_graphs_only_sampling_runs_with_enough_steps(monkeypatch):
