@@ -29,7 +29,8 @@ from scipy.sparse import csr_matrix
 
 from .neighbours import NearestNeighbours
 
-_CHUNK = 1 << 19  # query points per chunk
+CHUNK = {"cuda": 1 << 22}  # query points per chunk, by device type (see bake.CHUNK)
+CPU_CHUNK = 1 << 19
 
 # Rows of the per-face table (`_face_table`), each (F,)
 _A, _G1, _G2, _N, _H, _E1, _E2 = 0, 3, 6, 9, 12, 15, 18
@@ -61,7 +62,8 @@ class SurfaceQuery:
     def closest(self, points: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(N, 3) points -> (face (N,) int64, barycentrics (N, 3) float32, squared distance (N,) float32)."""
         points = torch.as_tensor(points, dtype=torch.float32).to(self.device)
-        parts = [self._closest_chunk(points[i:i + _CHUNK]) for i in range(0, points.shape[0], _CHUNK)]
+        chunk = CHUNK.get(self.device.type, CPU_CHUNK)
+        parts = [self._closest_chunk(points[i:i + chunk]) for i in range(0, points.shape[0], chunk)]
         if not parts:
             empty = torch.zeros(0, device=self.device)
             return empty.long(), empty.reshape(0, 3), empty

@@ -150,7 +150,9 @@ class _Grid:
     def _candidates(self, queries: torch.Tensor, start: torch.Tensor, count: torch.Tensor,
                     j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Squared distances (R, P) to each query's candidates, +inf past its count, and their sorted positions."""
-        end = count.cumsum(1, dtype=torch.int32)  # (R, 9) slot where each run ends
+        # (R, 9) slot where each run ends; summed down the columns of the transpose: CUDA's scan along a row of 9
+        # takes ~0.36 ms per chunk, a scan over the outer axis a few microseconds
+        end = count.T.contiguous().cumsum(0, dtype=torch.int32).T.contiguous()
         run = torch.searchsorted(end, j.expand(queries.shape[0], -1).contiguous(), right=True)  # (R, P) in [0, 9]
         valid = run < 9
         pos = (start - end + count).long().gather(1, run.clamp_(max=8))  # (R, P) run's start minus its first slot

@@ -45,3 +45,21 @@ def test_the_blend_weighs_the_nearest_gaussians_by_opacity_and_anisotropic_fallo
         want[i] = num / den
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     assert np.abs(want - base).max() > 0.1  # the Gaussians do move the colours away from the base
+
+
+def test_the_texture_does_not_depend_on_the_chunk_size(monkeypatch):
+    from engine.postprocess import bake, closest
+    from engine.postprocess.decimate import decimate
+    from engine.postprocess.procedural import noisy_sphere
+    from engine.postprocess.unwrap import unwrap
+
+    rng = np.random.default_rng()
+    source = noisy_sphere(20_000, seed=int(rng.integers(1 << 30)))
+    low, _ = unwrap(decimate(source, 2_000, device="cpu"), 256, 2)
+    colors = bake.ColorSource(source, None, "cpu")
+    whole, covered = bake.bake_texture(low, colors, 256)
+    monkeypatch.setattr(bake, "CPU_CHUNK", 4_097)  # many chunks, one ending inside a 2 x 2 texel block
+    monkeypatch.setattr(closest, "CPU_CHUNK", 1_000)
+    chunked, covered_chunked = bake.bake_texture(low, colors, 256)
+    assert covered.sum() > 10_000 and np.array_equal(covered, covered_chunked)
+    assert np.abs(whole.astype(int) - chunked.astype(int)).max() <= 1  # the same colours, up to rounding
