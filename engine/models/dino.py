@@ -86,6 +86,7 @@ class Dino(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = DinoVisionTransformer(cfg)
+        self._normalisation_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (B, 1|3, H, W) in [0, 1] -> (B, 1 + N, C) SS tokens, or (B, 1 + R + N, C) SLAT tokens."""
@@ -113,10 +114,18 @@ class Dino(nn.Module):
         if x.shape[-2:] != (s, s):
             x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
         x = x.expand(-1, 3, -1, -1)  # (B, 3, S, S); no-op for RGB
-        # Constants rather than buffers: they stay float32 when the weights are cast to half precision.
-        mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        mean, std = self._normalisation(x.device)
         return (x - mean) / std
+
+    def _normalisation(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """ImageNet mean and std (1, 3, 1, 1) float32 on `device`. Constants rather than buffers, so they stay
+        float32 when the weights are cast to half precision; made once per device, so that a call replayed from a
+        CUDA graph does not copy them from the host."""
+        cache = self._normalisation_cache
+        if device not in cache:
+            cache[device] = (torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
+                             torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
+        return cache[device]
 
     def ss_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Last block output (B, 1 + R + N, C) -> norm([cls, patches]) (B, 1 + N, C)."""
