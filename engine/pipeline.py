@@ -46,8 +46,11 @@ from .sparse.tensor import SparseTensor
 
 ProgressFn = Callable[[str, float], None]  # (stage name, fraction of that stage done in [0, 1])
 OUTPUTS = ("mesh", "gaussians")
-# Below this many sampler steps CUDA graphs do not repay their warm-up and capture calls (the fast preset on an
-# H200, session 9: stage 2's 8 steps 0.42-0.45 s with graphs, 0.36 s without; stage 1's 4 steps 0.16-0.23 s / 0.16 s).
+# Below this many sampler steps a stage-1 run's own graphs do not repay their warm-up and capture calls (H200,
+# session 9: 4 steps 0.16-0.23 s with graphs, 0.16 s without). With the networks kept loaded its graphs are kept
+# instead (`_geometry_steps`). Stage 2 always runs eagerly: its steps keep the GPU busy on their own, and its
+# captures cost more than its replays save (H200, 8 steps 0.42-0.45 s against 0.36 s; 25 steps 1.095 s against
+# 1.052 s, session 10).
 GRAPH_MIN_STEPS = 12
 # Attention kernels the flow transformers prefer on a GPU (`attention_kernels`; empty: PyTorch's default order).
 FLOW_ATTENTION_KERNELS: tuple[str, ...] = ()
@@ -380,8 +383,8 @@ class Pipeline:
             return slat_velocity(x.to(self.dtype), t, d, kv).float()
 
         kv = flow.condition_kv(cond)  # guided calls: the same keys/values + the unconditional constants
-        with attention_kernels(self.flow_attention), self._steps(velocity, settings.steps) as step:
-            return sample(step, noise, kv, settings, guided_condition=flow.guided_kv(kv), progress=progress,
+        with attention_kernels(self.flow_attention):  # eagerly: see GRAPH_MIN_STEPS
+            return sample(velocity, noise, kv, settings, guided_condition=flow.guided_kv(kv), progress=progress,
                           cancelled=cancelled)
 
     def _geometry_steps(self, flow: nn.Module, velocity: VelocityFn, kv: Any,
@@ -406,8 +409,8 @@ class Pipeline:
             self._kept_geometry = None
 
     def _steps(self, velocity: VelocityFn, steps: int) -> AbstractContextManager[VelocityFn]:
-        """The velocity the sampler calls: replayed from CUDA graphs when on and the run has `GRAPH_MIN_STEPS`
-        steps or more, freed when the run leaves. One per object: the graphs read that object's keys/values."""
+        """Stage 1's velocity when its graphs are not kept: replayed from CUDA graphs when on and the run has
+        `GRAPH_MIN_STEPS` steps or more, freed when the run leaves (the graphs read this object's keys/values)."""
         if not self.cuda_graphs or steps < GRAPH_MIN_STEPS:
             return nullcontext(velocity)
         return GraphedVelocity(velocity, CudaGraphBackend(self.device))
