@@ -200,6 +200,31 @@ class KeptVelocity:
         self.condition = self.guided = None
 
 
+class KeptFunction:
+    """`fn(inputs)` (a dict of tensors -> a tensor or a dict of tensors) replayed from one CUDA graph per input
+    layout, kept until `release()`: for a network kept loaded whose calls repeat with fixed shapes (the condition
+    embedders' image encoders). Per layout: `warmup_calls` eager calls, then a capture; later calls copy their
+    inputs into the static ones, replay, and get clones of the outputs. A failed capture warns and leaves every
+    later call eager, as `GraphedVelocity` does.
+    """
+
+    def __init__(self, fn: Callable[[dict[str, torch.Tensor]], Tree], backend: GraphBackend,
+                 warmup_calls: int = WARMUP_CALLS):
+        # The inputs ride as the velocity's latent; t, d and the condition are placeholders the graph never reads.
+        self.graphed = GraphedVelocity(lambda x, t, d, condition: fn(x), backend, warmup_calls)
+        self._t = torch.zeros(1)
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> Tree:
+        return self.graphed(dict(inputs), self._t, None, None)
+
+    @property
+    def fallback(self) -> str | None:
+        return self.graphed.fallback
+
+    def release(self) -> None:
+        self.graphed.release()
+
+
 class CudaGraphBackend:
     """The CUDA side: warm-up and capture on one side stream, replays on the caller's stream."""
 

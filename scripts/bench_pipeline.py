@@ -34,8 +34,8 @@ Timing: `torch.cuda.synchronize()` before and after every timed region; every co
 times (default 2: one warm-up) and the last run is reported. Memory: `torch.cuda.max_memory_allocated()`,
 reset at the start of every stage, in two loading modes: `keep` (all networks loaded up front, their weights
 count in every stage; one pipeline serves all runs, as the worker keeps it between jobs, so later runs find the
-networks loaded and stage 1's CUDA graphs captured) and `staged` (each network loaded right before its stage and freed after it, as
-`keep_loaded=False` does; loading is timed and measured as its own row). Weights are served from host memory
+networks loaded and the graphs of stage 1 and the condition embedders captured) and `staged` (each network loaded
+right before its stage and freed after it, as `keep_loaded=False` does; loading is timed and measured as its own row). Weights are served from host memory
 (as a memory-mapped checkpoint would be once in the page cache), so load times exclude disk reads.
 
 FLOPs are counted analytically from the configs (see "FLOP counting" below): the multiply-adds (x2) of every

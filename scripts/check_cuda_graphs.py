@@ -7,11 +7,11 @@ Builds the official SS flow with seeded random weights (the rule and seeds of `s
 random condition, and samples at default quality (25 steps with guidance) through `Pipeline.sample_geometry`, from
 the same noise, eagerly and from CUDA graphs (one wrapper per run, as with the networks freed after each run; kept
 graphs replay the same captures), each `--repeats` times (the first eager run also warms up the process). Stage 2
-runs eagerly in the pipeline since session 10 (its captures cost more than its replays save). Prints per stage and mode: wall time, the time of every step on the GPU's
-timeline (CUDA events between sampler steps, so launch gaps count), medians over guided and unguided steps past
-the first three of each (graphs: two warm-ups and the capture), peak memory allocated and reserved; then the
-relative difference max|a - b| / max|b| of the final latents: graphs against eager, next to eager against eager
-(the floor: the float32 atomics of the SLAT flow's down-sampling make eager runs differ by rounding).
+runs eagerly in the pipeline since session 10 (its captures cost more than its replays save). Prints per mode: wall
+time, the time of every step on the GPU's timeline (CUDA events between sampler steps, so launch gaps count),
+medians over guided and unguided steps past the first three of each (graphs: two warm-ups and the capture), peak
+memory allocated and reserved; then the relative difference max|a - b| / max|b| of the final latents: graphs
+against eager, next to eager against eager (the floor).
 Runs in well under two minutes on an H200.
 """
 from __future__ import annotations

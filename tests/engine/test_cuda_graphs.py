@@ -249,19 +249,24 @@ def test_the_pipeline_samples_stage_1_through_kept_graphs_when_on(monkeypatch):
     monkeypatch.setattr(pipeline_mod, "CudaGraphBackend", lambda device: backends.append(FakeBackend()) or backends[-1])
     pipe.cuda_graphs = True  # as on CUDA, with the fake backend
     graphed = pipe.reconstruct(image, [mask], **args)
-    assert len(backends) == 1  # stage 1's; stage 2 runs eagerly
-    stage1 = backends[0]
+    stage1 = pipe._kept_geometry.graphed.backend
+    embedders = [pipe._kept_embedders[name].graphed.backend for name in ("ss_condition", "slat_condition")]
+    assert sorted(map(id, backends)) == sorted(map(id, [stage1, *embedders]))  # stage 2 runs eagerly
     assert "capture" in stage1.events and "replay" in stage1.events
-    assert not stage1.released  # kept while the flow stays loaded
+    assert all(set(b.events) == {"warm_up"} for b in embedders)  # one eager call per input layout first
     before = list(stage1.events)
     graphed_other = pipe.reconstruct(other_image, [mask], **{**args, "seed": 10})
-    assert len(backends) == 1 and set(stage1.events[len(before):]) == {"replay"}  # no warm-up or capture again
+    assert len(backends) == 3 and set(stage1.events[len(before):]) == {"replay"}  # no warm-up or capture again
+    assert all({"capture", "replay"} <= set(b.events) for b in embedders)
+    assert not any(b.released for b in backends)  # all kept while their networks stay loaded
     for got, want in ((graphed, eager), (graphed_other, eager_other)):
         for key in ("stage1.shape", "stage2.x1_normalized"):
             np.testing.assert_array_equal(got.objects[0].raw[key].numpy(), want.objects[0].raw[key].numpy())
         np.testing.assert_array_equal(got.objects[0].gaussians.xyz, want.objects[0].gaussians.xyz)
-    pipe.models.release("ss_flow")  # the flow goes: its graphs first
+    pipe.models.release("ss_flow", "ss_condition")  # the networks go: their graphs first
     assert stage1.released == [2] and pipe._kept_geometry is None
+    assert embedders[0].released == [2] and not embedders[1].released
+    assert list(pipe._kept_embedders) == ["slat_condition"]
 
 
 def test_graphs_are_not_kept_when_networks_are_freed_after_each_run(monkeypatch):
