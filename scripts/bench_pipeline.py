@@ -369,7 +369,8 @@ def run_object(
     try:
         inputs = preprocess()
         c1 = config.ss_condition
-        cond1 = attempt("condition_1", staged("condition_1", lambda m: _condition(m, inputs.ss, to_dev)),
+        embed_1 = staged("condition_1", lambda m: _condition(pipe, "ss_condition", m, inputs.ss, to_dev))
+        cond1 = attempt("condition_1", embed_1,
                         lambda: torch.randn(1, c1.num_tokens, c1.embed_dim, device=device, dtype=dtype))
         stage1 = attempt(
             "stage_1", staged("stage_1", lambda m: _geometry(pipe, m, cond1, config, stage1_settings, gen, device)),
@@ -388,7 +389,8 @@ def run_object(
         # Stage 2 on the fixed voxel set.
         coords = shape.coords.to(device)
         c2 = config.slat_condition
-        cond2 = attempt("condition_2", staged("condition_2", lambda m: _condition(m, inputs.slat, to_dev)),
+        embed_2 = staged("condition_2", lambda m: _condition(pipe, "slat_condition", m, inputs.slat, to_dev))
+        cond2 = attempt("condition_2", embed_2,
                         lambda: torch.randn(1, c2.num_tokens, c2.embed_dim, device=device, dtype=dtype))
         slat = attempt(
             "stage_2", staged("stage_2", lambda m: _texture(pipe, m, cond2, coords, config, stage2_settings, gen, device)),
@@ -470,10 +472,13 @@ def run_object(
     }
 
 
-def _condition(embedder: nn.Module, named: dict[str, torch.Tensor], to_dev: Callable) -> torch.Tensor:
-    """Pipeline._stage1/_stage2 'condition': the full image's tokens first (shared by all objects), then the rest."""
-    shared = embedder.embed({"rgb_image": to_dev(named["rgb_image"])})
-    raw = embedder.embed({k: to_dev(v) for k, v in named.items() if k != "rgb_image"})
+def _condition(pipe: Pipeline, name: str, embedder: nn.Module, named: dict[str, torch.Tensor],
+               to_dev: Callable) -> torch.Tensor:
+    """Pipeline._stage1/_stage2 'condition': the full image's tokens first (shared by all objects), then the rest,
+    through the pipeline's own `_embed` (kept graphs when everything stays loaded)."""
+    embed = pipe._embed(name, embedder)
+    shared = embed({"rgb_image": to_dev(named["rgb_image"])})
+    raw = embed({k: to_dev(v) for k, v in named.items() if k != "rgb_image"})
     cond = embedder.fuse({**shared, **raw})  # (1, T, C)
     cond.float().cpu()  # the pipeline keeps a host copy for debugging
     return cond
