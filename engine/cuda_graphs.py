@@ -174,6 +174,7 @@ class KeptVelocity:
         self.graphed = GraphedVelocity(velocity, backend, warmup_calls)
         self.condition = condition
         self.guided = make_guided(condition)
+        self.owner: Any = None  # what the caller keys these graphs on besides the shapes (the network they read)
         self._layout = _tree_layout(condition)
 
     def accepts(self, condition: Any) -> bool:
@@ -197,7 +198,7 @@ class KeptVelocity:
 
     def release(self) -> None:
         self.graphed.release()
-        self.condition = self.guided = None
+        self.condition = self.guided = self.owner = None
 
 
 class KeptFunction:

@@ -396,11 +396,12 @@ class Pipeline:
         if not (self.cuda_graphs and self.models.keep_loaded):
             return _with_condition(self._steps(velocity, steps), kv, flow.guided_kv(kv))
         kept = self._kept_geometry
-        if kept is not None and kept.accepts(kv):
+        if kept is not None and kept.owner is flow and kept.accepts(kv):  # graphs read this flow's weights
             kept.load(kv)
         else:
             self._forget_graphs("ss_flow")
             kept = self._kept_geometry = KeptVelocity(velocity, CudaGraphBackend(self.device), kv, flow.guided_kv)
+            kept.owner = flow
         return nullcontext((kept, kept.condition, kept.guided))
 
     def _forget_graphs(self, network: str) -> None:

@@ -303,3 +303,30 @@ def test_the_pipeline_graphs_only_sampling_runs_with_enough_steps(monkeypatch):
     owner.cuda_graphs = False
     with pipeline.Pipeline._steps(owner, velocity, 50) as step:
         assert step is velocity
+
+
+def test_kept_stage_1_graphs_are_not_replayed_for_another_flow(monkeypatch):
+    from engine import pipeline as pipeline_mod
+    from tests.engine.test_pipeline import _scene
+
+    pipe = pipeline_mod.Pipeline.from_source("random", "tiny", device="cpu", seed=3)
+    backends: list[FakeBackend] = []
+    monkeypatch.setattr(pipeline_mod, "CudaGraphBackend", lambda device: backends.append(FakeBackend()) or backends[-1])
+    pipe.cuda_graphs = True
+    flow = pipe.models.get("ss_flow")
+    from engine.model_store import build
+
+    other = build("ss_flow", pipe.config).to(pipe.dtype).eval()  # same shapes, other (freshly drawn) weights
+    gen = torch.Generator().manual_seed(0)
+    cond = torch.randn(1, pipe.config.ss_condition.num_tokens, pipe.config.ss_condition.embed_dim, generator=gen)
+    shapes = pipeline_mod.noise_lib.stage1_shapes(pipe.config.ss_flow.resolution, pipe.config.ss_flow.shape_channels)
+    noise = pipeline_mod.noise_lib.draw_stage1(shapes, gen, torch.device("cpu"))
+    settings = pipe.config.stage1
+    pipe.sample_geometry(flow, cond, noise, settings)
+    first = pipe._kept_geometry
+    got = pipe.sample_geometry(other, cond, noise, settings)
+    assert pipe._kept_geometry is not first and first.condition is None  # the first flow's graphs were dropped
+    pipe.cuda_graphs = False
+    want = pipe.sample_geometry(other, cond, noise, settings)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
