@@ -213,6 +213,7 @@ class KeptFunction:
                  warmup_calls: int = WARMUP_CALLS):
         # The inputs ride as the velocity's latent; t, d and the condition are placeholders the graph never reads.
         self.graphed = GraphedVelocity(lambda x, t, d, condition: fn(x), backend, warmup_calls)
+        self.owner: Any = None  # what the caller keys these graphs on (the network they read)
         self._t = torch.zeros(1)
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> Tree:
@@ -224,6 +225,7 @@ class KeptFunction:
 
     def release(self) -> None:
         self.graphed.release()
+        self.owner = None
 
 
 class CudaGraphBackend:

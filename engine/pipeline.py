@@ -486,9 +486,13 @@ class Pipeline:
         call per input layout before its capture (the flows have warmed the process up by then)."""
         if not (self.cuda_graphs and self.models.keep_loaded):
             return embedder.embed
-        if name not in self._kept_embedders:
-            self._kept_embedders[name] = KeptFunction(embedder.embed, CudaGraphBackend(self.device), warmup_calls=1)
-        return self._kept_embedders[name]
+        kept = self._kept_embedders.get(name)
+        if kept is None or kept.owner is not embedder:  # graphs read this embedder's weights
+            self._forget_graphs(name)
+            kept = self._kept_embedders[name] = KeptFunction(embedder.embed, CudaGraphBackend(self.device),
+                                                             warmup_calls=1)
+            kept.owner = embedder
+        return kept
 
     def _latent(self, obj: _Object) -> SparseTensor:
         return SparseTensor(obj.coords.to(self.device), obj.slat.to(self.dtype))

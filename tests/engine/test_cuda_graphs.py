@@ -330,3 +330,19 @@ def test_kept_stage_1_graphs_are_not_replayed_for_another_flow(monkeypatch):
     want = pipe.sample_geometry(other, cond, noise, settings)
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+
+
+def test_kept_embedder_graphs_follow_the_embedder_they_read(monkeypatch):
+    from engine import pipeline as pipeline_mod
+    from engine.model_store import build
+
+    pipe = pipeline_mod.Pipeline.from_source("random", "tiny", device="cpu", seed=3)
+    monkeypatch.setattr(pipeline_mod, "CudaGraphBackend", lambda device: FakeBackend())
+    pipe.cuda_graphs = True
+    embedder = pipe.models.get("ss_condition")
+    first = pipe._embed("ss_condition", embedder)
+    assert pipe._embed("ss_condition", embedder) is first  # kept
+    second = pipe._embed("ss_condition", build("ss_condition", pipe.config))  # another network of the same name
+    assert second is not first and first.owner is None and first.graphed._released
+    pipe.models.release("ss_condition")
+    assert "ss_condition" not in pipe._kept_embedders and second.graphed._released
