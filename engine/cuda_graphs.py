@@ -1,4 +1,8 @@
-"""A velocity function replayed from CUDA graphs, for one sampling run of one object.
+"""A velocity function replayed from CUDA graphs, for one sampling run of one object, or kept across runs.
+
+`KeptVelocity` keeps a wrapper's graphs for later runs of a network that stays loaded (stage 1: fixed shapes), its
+condition copied into the captured buffers; `KeptFunction` does the same for any call on a dict of tensors (the
+condition embedders).
 
 Why: a flow transformer step is ~1,700 small kernels, and launching them eagerly from Python takes about as long
 as the GPU needs to run them, so a stage's wall time follows the host's hiccups. A captured graph launches them
