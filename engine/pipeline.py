@@ -483,7 +483,7 @@ class Pipeline:
     def _embed(self, name: str, embedder: nn.Module) -> Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
         """The embedder's `embed`; with every network kept loaded, replayed from graphs kept with it (its inputs have
         fixed shapes: ~10 ms less per call on an H200, session 10). Called once or twice per run, so one eager
-        call per input layout before its capture (the flows have warmed the process up by then)."""
+        call per input layout before its capture (which comes in the next run: the whole pipeline has run once by then)."""
         if not (self.cuda_graphs and self.models.keep_loaded):
             return embedder.embed
         kept = self._kept_embedders.get(name)
