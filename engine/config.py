@@ -66,13 +66,15 @@ QUALITIES = ("fast", "default", "high")
 def samplers_for(config: PipelineConfig, quality: str) -> tuple[SamplerSettings, SamplerSettings]:
     """(stage 1, stage 2) sampler settings for a quality name.
 
-    fast: stage 1 in shortcut mode (4 steps, d = 1/4, no guidance), stage 2 with 8 steps;
+    fast: the official fast mode with fewer steps: stage 1 in shortcut mode (4 steps, d = 1/4, no guidance),
+        stage 2 with 8 steps and no guidance (the release's `use_stage2_distillation`, which only turns its
+        guidance off): 4 + 8 network rows instead of 4 + 13;
     default: the official 25 + 25 steps with guidance; high: 50 + 50 steps with the same guidance.
     """
     if quality == "default":
         return config.stage1, config.stage2
     if quality == "fast":
-        return replace(config.stage1, steps=4, shortcut=True), replace(config.stage2, steps=8)
+        return replace(config.stage1, steps=4, shortcut=True), replace(config.stage2, steps=8, cfg_strength=0.0)
     if quality == "high":
         return replace(config.stage1, steps=50), replace(config.stage2, steps=50)
     raise InputError(f"unknown quality {quality!r}; choose one of {', '.join(QUALITIES)}")

@@ -384,8 +384,9 @@ class Pipeline:
             return slat_velocity(x.to(self.dtype), t, d, kv).float()
 
         kv = flow.condition_kv(cond)  # guided calls: the same keys/values + the unconditional constants
+        guided = flow.guided_kv(kv) if settings.cfg_strength != 0 else None  # (the fast preset never guides)
         with attention_kernels(self.flow_attention):  # eagerly: see GRAPH_MIN_STEPS
-            return sample(velocity, noise, kv, settings, guided_condition=flow.guided_kv(kv), progress=progress,
+            return sample(velocity, noise, kv, settings, guided_condition=guided, progress=progress,
                           cancelled=cancelled)
 
     def _geometry_steps(self, flow: nn.Module, velocity: VelocityFn, kv: Any,

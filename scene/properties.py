@@ -18,7 +18,7 @@ __all__ = ["QUALITY_ITEMS", "POINTMAP_SOURCES", "MASK_SOURCES", "THREEDFY_PG_mas
            "THREEDFY_PG_run", "classes", "attachments"]
 
 QUALITY_ITEMS = (
-    ("fast", "Fast", "Fewer sampler steps: a quick look"),
+    ("fast", "Fast", "Few sampler steps, no guidance: a quick look"),
     ("default", "Default", "The official settings"),
     ("high", "High", "More sampler steps: slower, sometimes finer"),
 )

@@ -109,3 +109,24 @@ def test_cancel_check_stops_between_steps_and_raises_cancelled():
 def test_shortcut_needs_a_network_that_takes_d():
     with pytest.raises(ValueError, match="takes_d"):
         sample(lambda x, t, d, c: x, torch.randn(1, 2), None, replace(STAGE2, shortcut=True))
+
+
+@pytest.mark.parametrize("quality, rows", [("fast", (4, 8)), ("default", (44, 38)), ("high", (88, 76))])
+def test_quality_presets_run_the_official_network_rows(quality, rows):
+    # fast = the release's fast mode with fewer steps: stage 1 shortcut and stage 2 without guidance
+    # (`use_stage2_distillation` only turns stage 2's guidance off); default = 25 + 25 guided steps.
+    from engine.config import preset, samplers_for
+
+    gen = torch.Generator().manual_seed(43)
+    counted = []
+    for settings in samplers_for(preset("tiny"), quality):
+        seen = []
+
+        def velocity(x, t, d, c):
+            seen.append(t.shape[0])
+            return -x
+
+        noise = torch.randn(1, 5, 3, generator=gen)
+        sample(velocity, noise, torch.randn(1, 2, 3, generator=gen), settings)
+        counted.append(sum(seen))
+    assert tuple(counted) == rows
