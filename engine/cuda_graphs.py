@@ -2,7 +2,7 @@
 
 `KeptVelocity` keeps a wrapper's graphs for later runs of a network that stays loaded (stage 1: fixed shapes), its
 condition copied into the captured buffers; `KeptFunction` does the same for any call on a dict of tensors (the
-condition embedders).
+condition embedders). `RepeatedCall` replays one in-place call several times in a row (the decimation's passes).
 
 Why: a flow transformer step is ~1,700 small kernels, and launching them eagerly from Python takes about as long
 as the GPU needs to run them, so a stage's wall time follows the host's hiccups. A captured graph launches them
@@ -232,14 +232,70 @@ class KeptFunction:
         self.owner = None
 
 
+class RepeatedCall:
+    """`repeat(call, times)`: run `call()` `times` times in a row, captured once into a graph and replayed.
+
+    For a loop whose body is a few hundred small kernels on the same shapes every time, updating its state in place
+    (the decimation's selection passes: a pass launches ~200 kernels that take the GPU microseconds, so launching
+    them from Python is the whole cost). `call` must only write tensors that exist before it runs, never
+    synchronise with the host and never copy from host memory. The first use runs eagerly (it makes whatever the
+    kernels create lazily); so does every use without a backend (CPU) and every use after a capture failed (which
+    warns once). Each use captures its own graph; all of them draw on one private pool (a graph is never replayed
+    after the next one is captured, so each capture may take the blocks the previous ones freed) and are freed by
+    `release()` (leaving the `with` block).
+    """
+
+    def __init__(self, backend: GraphBackend | None):
+        self.backend = backend
+        self.fallback: str | None = None  # why the uses went eager, once a capture failed
+        self._warm = False
+        self._pool: Any = None
+        self._graphs: list[Any] = []
+
+    def __call__(self, call: Callable[[], None], times: int) -> None:
+        if self.backend is None or self.fallback is not None or not self._warm or times < 2:
+            self._warm = True
+            for _ in range(times):
+                call()
+            return
+        if self._pool is None:
+            self._pool = self.backend.new_pool()
+        try:
+            graph, _ = self.backend.capture(call, self._pool)
+        except Exception as exc:  # capture records kernels without running them: the state is untouched
+            self.fallback = f"{type(exc).__name__}: {exc}".strip()
+            warnings.warn(f"CUDA graph capture of a repeated call failed ({self.fallback}); running it eagerly "
+                          "(same results, more launch overhead)", RuntimeWarning, stacklevel=2)
+            for _ in range(times):
+                call()
+            return
+        self._graphs.append(graph)
+        for _ in range(times):
+            self.backend.replay(graph)
+
+    def release(self) -> None:
+        if self._graphs:
+            self.backend.release(self._graphs)
+        self._graphs, self._pool = [], None
+
+    def __enter__(self) -> RepeatedCall:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
 class CudaGraphBackend:
     """The CUDA side: warm-up and capture on one side stream, replays on the caller's stream."""
 
-    def __init__(self, device: torch.device | str):
+    def __init__(self, device: torch.device | str, settle_before_capture: bool = True):
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, got {self.device}; run eagerly on other devices")
         self.stream = torch.cuda.Stream(self.device)
+        # Whether a capture first waits for the device and empties the allocator's cache: worth it before a flow's
+        # large captures (their pool takes the freed blocks); a capture every few milliseconds skips it.
+        self.settle_before_capture = settle_before_capture
 
     def new_pool(self) -> Any:
         with torch.cuda.device(self.device):
@@ -257,8 +313,9 @@ class CudaGraphBackend:
         # As torch.cuda.graph does: nothing pending crosses into the capture, and the eager calls' cached blocks go
         # back to the device so the graph's pool can take them. Written out (not `with torch.cuda.graph`) so that
         # a failed capture still ends it and restores the caller's stream.
-        torch.cuda.synchronize(self.device)
-        torch.cuda.empty_cache()
+        if self.settle_before_capture:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             # thread_local: CUDA calls of other threads (the worker answering a status request) neither fail nor

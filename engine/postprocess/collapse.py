@@ -23,7 +23,9 @@ round collapses many edges at once, chosen so that no two of them touch a common
    faces with a repeated vertex go; unused vertices and dead faces are compacted away.
 
 One host read per round (face, vertex and edge counts: the stop test and the compaction sizes); every other
-step is a fixed-size tensor operation. Ties resolve by edge index, so the result does not depend on thread
+step is a fixed-size tensor operation. Launching a round's ~1,100 operations from Python costs more than the GPU
+needs to run them, so on CUDA the selection passes (the same kernels on the same shapes, three times) are captured
+once per round and replayed (`cuda_graphs.RepeatedCall`). Ties resolve by edge index, so the result does not depend on thread
 timing (only the float sums of the initial quadrics may differ in their last bits on CUDA). Positions and
 quadrics are float64, structure of arrays ((3, V), (10, V)), in a frame centred on the mesh with a bounding-box
 diagonal of 1.
@@ -34,9 +36,11 @@ k + 1), E edges.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
+from ..cuda_graphs import CudaGraphBackend, RepeatedCall
 from .quadric import best_position, vertex_quadrics
 
 MAX_ROUNDS = 60  # a round removes ~12-15 % of the faces: 1 M -> 30k faces takes ~23 rounds, -> 5k ~32
@@ -53,7 +57,8 @@ _SENTINEL = torch.iinfo(torch.int64).max  # sort key of dead half-edges (after e
 _NO_PRIORITY = torch.iinfo(torch.int64).max  # the priority of an edge that is not a candidate
 
 
-def collapse_to_count(vertices: torch.Tensor, faces: torch.Tensor, target: int) -> tuple[torch.Tensor, torch.Tensor]:
+def collapse_to_count(vertices: torch.Tensor, faces: torch.Tensor, target: int,
+                      graphs: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Quadric edge collapse of a triangle mesh to about `target` faces, on the tensors' device.
 
     vertices (V, 3) float, faces (F, 3) integer, all finite. Returns (vertices (V', 3) float32, faces (F', 3)
@@ -61,6 +66,7 @@ def collapse_to_count(vertices: torch.Tensor, faces: torch.Tensor, target: int) 
     it (within `STOP_SLACK`, or one face), never below, unless the mesh runs out of collapsible edges first
     (non-manifold edges, closed parts of four faces); a mesh already at or below the target only loses its
     unused vertices. Collapses keep a manifold mesh manifold, consistently oriented and of the same genus.
+    On CUDA each round's selection passes replay from one CUDA graph (`graphs=False`: eagerly, the same kernels).
     """
     if faces.shape[0] == 0:
         return vertices.new_zeros((0, 3), dtype=torch.float32), faces.new_zeros((0, 3), dtype=torch.int64)
@@ -69,7 +75,15 @@ def collapse_to_count(vertices: torch.Tensor, faces: torch.Tensor, target: int) 
     centre = 0.5 * (low + high)
     scale = (high - low).norm().clamp(min=1e-30)
     mesh = _Mesh.start(((positions - centre) / scale).contiguous(), faces.to(torch.int64))
-    alive = torch.ones(faces.shape[0], dtype=torch.bool, device=faces.device)  # later: the survivors of a round
+    backend = CudaGraphBackend(faces.device, settle_before_capture=False) if graphs and faces.is_cuda else None
+    with RepeatedCall(backend) as repeat:
+        mesh = _rounds(mesh, target, repeat)
+    return (mesh.positions * scale + centre).T.to(torch.float32).contiguous(), mesh.faces
+
+
+def _rounds(mesh: _Mesh, target: int, repeat: RepeatedCall) -> _Mesh:
+    """Collapse rounds until the face count is within `STOP_SLACK` of `target` or nothing collapses any more."""
+    alive = torch.ones(mesh.faces.shape[0], dtype=torch.bool, device=mesh.faces.device)  # later: a round's survivors
     previous, stalled = None, 0
     for round_index in range(MAX_ROUNDS + 1):
         pending = _PendingMesh.settle(mesh.faces, alive, mesh.positions.shape[1])
@@ -81,8 +95,8 @@ def collapse_to_count(vertices: torch.Tensor, faces: torch.Tensor, target: int) 
         if n_faces <= target * (1.0 + STOP_SLACK) or stalled == STALL_ROUNDS or round_index == MAX_ROUNDS:
             break
         previous = n_faces
-        mesh, alive = _collapse_round(mesh, edges, n_faces - target)
-    return (mesh.positions * scale + centre).T.to(torch.float32).contiguous(), mesh.faces
+        mesh, alive = _collapse_round(mesh, edges, n_faces - target, repeat)
+    return mesh
 
 
 @dataclass
@@ -178,10 +192,11 @@ class _PendingMesh:
 
 # ---------------------------------------------------------------------------------------------------- round
 
-def _collapse_round(mesh: _Mesh, edges: _Edges, budget: int) -> tuple[_Mesh, torch.Tensor]:
+def _collapse_round(mesh: _Mesh, edges: _Edges, budget: int,
+                    repeat: Callable[[Callable[[], None], int], None]) -> tuple[_Mesh, torch.Tensor]:
     """One round (steps 2-4 of the module docstring) -> (mesh, alive (F,)), not compacted yet.
 
-    `budget`: how many faces may still go. The edges at a vertex with snags (rejected collapses) give way to
+    `budget`: how many faces may still go. `repeat(call, times)` runs the selection pass `times` times. The edges at a vertex with snags (rejected collapses) give way to
     the others, which would otherwise lose to them again and again while they win and fail (on a coarse mesh
     that stalls whole rounds).
     """
@@ -218,26 +233,30 @@ def _collapse_round(mesh: _Mesh, edges: _Edges, budget: int) -> tuple[_Mesh, tor
     snagged = torch.maximum(_at(snags, low), _at(snags, high)).clamp(max=31)
     priority = (snagged << 57) | (tier << 47) | (_scramble(index) << 31) | index  # 5 + 10 + 16 + 31 bits, unique
 
-    # 3. selection passes
+    # 3. selection passes: the same kernels on the same shapes each time (`repeat` may replay them from a graph),
+    # so each pass only updates these tensors in place
     before = _FaceShapes.of(positions, faces, mesh.facing, n_edges)
     taken = torch.zeros(n_edges, dtype=torch.bool, device=device)
     failed = torch.zeros(n_edges, dtype=torch.bool, device=device)
     removed = torch.zeros((), dtype=torch.int64, device=device)
-    for _ in range(PASSES):
+
+    def selection_pass() -> None:
         ring_min = _min_over_rings(torch.where(candidate, priority, _NO_PRIORITY), low, high, n_vertices)  # (V,)
         won = candidate & (_at(ring_min, low) == priority) & (_at(ring_min, high) == priority)
         tag = _tag_ends(won, low, high, n_vertices)  # (V,) winning edge at each of its two ends, else -1
         good = won & _keeps_manifold(edges, tag) & _keeps_orientation(before, tag, target_position)
-        failed |= won & ~good
+        failed.logical_or_(won & ~good)
         # the cheapest collapses that fit the face budget, in cost order
         gained = _at(torch.where(good, count, 0), by_cost).cumsum(0)
         good &= torch.empty_like(good).scatter_(0, by_cost, removed + gained <= budget)
-        removed += torch.where(good, count, 0).sum()
-        taken |= good
-        candidate &= ~won
+        removed.add_(torch.where(good, count, 0).sum())
+        taken.logical_or_(good)
+        candidate.logical_and_(~won)
         near = _sum_at_ends(n_vertices, low, high, good.to(torch.int64))  # ends of accepted collapses
         near = near + _sum_at_ends(n_vertices, low, high, _at(near, high), _at(near, low))  # their closed 1-rings
-        candidate &= (_at(near, low) == 0) & (_at(near, high) == 0)
+        candidate.logical_and_((_at(near, low) == 0) & (_at(near, high) == 0))
+
+    repeat(selection_pass, PASSES)
 
     # 4. collapse: high -> low
     kept_by = _tag_ends(taken, low, low, n_vertices)  # (V,) taken edge whose low end this is, else -1

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.cuda_graphs import GraphedVelocity, KeptVelocity
+from engine.cuda_graphs import GraphedVelocity, KeptVelocity, RepeatedCall
 from engine.sampling import SamplerSettings, sample
 
 
@@ -346,3 +346,101 @@ def test_kept_embedder_graphs_follow_the_embedder_they_read(monkeypatch):
     assert second is not first and first.owner is None and first.graphed._released
     pipe.models.release("ss_condition")
     assert "ss_condition" not in pipe._kept_embedders and second.graphed._released
+
+
+class RecordingBackend:
+    """A capture records the call without running it (as CUDA's does); a replay runs it."""
+
+    def __init__(self, fail_capture: bool = False):
+        self.fail_capture = fail_capture
+        self.events: list[str] = []
+
+    def new_pool(self) -> object:
+        self.events.append("pool")
+        return object()
+
+    def capture(self, call, pool):
+        self.events.append("capture")
+        if self.fail_capture:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return call, None
+
+    def replay(self, graph) -> None:
+        self.events.append("replay")
+        graph()
+
+    def release(self, graphs) -> None:
+        self.events.append(f"release {len(graphs)}")
+
+
+def _accumulating_pass(state: torch.Tensor, step: torch.Tensor):
+    def call() -> None:
+        state.mul_(0.5).add_(step)
+    return call
+
+
+def test_a_repeated_call_runs_eagerly_first_then_from_one_graph_per_use_with_the_eager_result():
+    gen = torch.Generator().manual_seed(51)
+    step = torch.randn(7, generator=gen)
+    start = torch.randn(7, generator=gen)
+    eager, graphed = start.clone(), start.clone()
+    for _ in range(3):
+        for _ in range(4):
+            _accumulating_pass(eager, step)()
+    backend = RecordingBackend()
+    with RepeatedCall(backend) as repeat:
+        for _ in range(3):
+            repeat(_accumulating_pass(graphed, step), 4)
+        assert backend.events == ["pool", "capture"] + ["replay"] * 4 + ["capture"] + ["replay"] * 4
+    assert backend.events[-1] == "release 2"
+    assert torch.equal(graphed, eager)
+
+
+def test_a_repeated_call_without_a_backend_or_after_a_failed_capture_runs_eagerly():
+    gen = torch.Generator().manual_seed(52)
+    step, start = torch.randn(5, generator=gen), torch.randn(5, generator=gen)
+    expected = start.clone()
+    for _ in range(6):
+        _accumulating_pass(expected, step)()
+
+    plain = start.clone()
+    with RepeatedCall(None) as repeat:
+        repeat(_accumulating_pass(plain, step), 3)
+        repeat(_accumulating_pass(plain, step), 3)
+    assert torch.equal(plain, expected)
+
+    failing, backend = start.clone(), RecordingBackend(fail_capture=True)
+    with pytest.warns(RuntimeWarning, match="capture of a repeated call failed"):
+        with RepeatedCall(backend) as repeat:
+            repeat(_accumulating_pass(failing, step), 3)  # eager warm-up
+            repeat(_accumulating_pass(failing, step), 3)  # the capture fails: eager, state untouched by it
+            assert repeat.fallback is not None
+    assert backend.events == ["pool", "capture"]
+    assert torch.equal(failing, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_decimation_with_graphed_passes_equals_the_eager_one_on_cuda(monkeypatch):
+    from engine.postprocess import collapse
+    from engine.postprocess.procedural import noisy_sphere
+
+    # The initial quadrics' float atomics are the only order-dependent sums; make them on the CPU so that both
+    # runs start from the same bits (every later step is integer or element-wise).
+    quadrics = collapse.vertex_quadrics
+    monkeypatch.setattr(collapse, "vertex_quadrics",
+                        lambda p, f, b: quadrics(p.cpu(), f.cpu(), b.cpu()).to(p.device))
+    used = []
+
+    class Spy(RepeatedCall):
+        def release(self):
+            used.append((len(self._graphs), self.fallback))
+            super().release()
+
+    monkeypatch.setattr(collapse, "RepeatedCall", Spy)
+    mesh = noisy_sphere(60_000, seed=53)
+    vertices = torch.from_numpy(mesh.vertices).cuda()
+    faces = torch.from_numpy(mesh.faces).long().cuda()
+    graphed = collapse.collapse_to_count(vertices, faces, 5_000, graphs=True)
+    eager = collapse.collapse_to_count(vertices, faces, 5_000, graphs=False)
+    assert used[0][0] > 5 and used[0][1] is None and used[1][0] == 0  # rounds after the first ran from graphs
+    assert torch.equal(graphed[1], eager[1]) and torch.equal(graphed[0], eager[0])
