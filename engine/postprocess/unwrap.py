@@ -72,10 +72,15 @@ def unwrap(mesh: Mesh, texture_size: int = 2048, padding: int = 4) -> tuple[Mesh
     pieces = np.array_split(order, n_pieces)
     atlas = xatlas.Atlas()
     used_vertices = []
+    local = np.empty(vertices.shape[0], np.uint32)  # vertex -> its index in the piece at hand
     for piece in pieces:
-        used, local = np.unique(faces[piece], return_inverse=True)
+        piece_faces = faces[piece]
+        marked = np.zeros(vertices.shape[0], bool)
+        marked[piece_faces] = True
+        used = np.flatnonzero(marked)
+        local[used] = np.arange(used.shape[0], dtype=np.uint32)
         used_vertices.append(used)
-        atlas.add_mesh(vertices[used], local.reshape(-1, 3).astype(np.uint32))
+        atlas.add_mesh(vertices[used], local[piece_faces])
     atlas.generate(chart_options, pack_options)
     if atlas.chart_count == 0 or atlas.atlas_count != 1:
         raise InputError(f"xatlas made {atlas.chart_count} charts on {atlas.atlas_count} atlases",
@@ -111,15 +116,19 @@ def _usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def _morton_codes(points: np.ndarray, bits: int = 10) -> np.ndarray:
-    """Z-order codes of (N, 3) points on a 2^bits grid over their bounding box (interleaved x, y, z bits)."""
+def _morton_codes(points: np.ndarray) -> np.ndarray:
+    """Z-order codes of (N, 3) points on a 1024^3 grid over their bounding box (interleaved x, y, z bits)."""
     extent = max(float(np.ptp(points, axis=0).max()), 1e-12)
-    q = ((points - points.min(axis=0)) / extent * (2 ** bits - 1)).astype(np.int64)
-    code = np.zeros(points.shape[0], np.int64)
-    for bit in range(bits):
-        for axis in range(3):
-            code |= ((q[:, axis] >> bit) & 1) << (3 * bit + axis)
-    return code
+    q = ((points - points.min(axis=0)) / extent * 1023).astype(np.int64)  # (N, 3) in [0, 1024)
+    return _spread_bits(q[:, 0]) | (_spread_bits(q[:, 1]) << 1) | (_spread_bits(q[:, 2]) << 2)
+
+
+def _spread_bits(x: np.ndarray) -> np.ndarray:
+    """10-bit ints -> the same bits two zeros apart (bit k moves to bit 3k), by shifts and masks."""
+    x = (x | (x << 16)) & 0x030000FF
+    x = (x | (x << 8)) & 0x0300F00F
+    x = (x | (x << 4)) & 0x030C30C3
+    return (x | (x << 2)) & 0x09249249
 
 
 def _surface_area(vertices: np.ndarray, faces: np.ndarray) -> float:

@@ -79,3 +79,15 @@ def test_pieces_are_stitched_back_in_face_order(monkeypatch, piece_faces, min_pi
     tri = out.uvs[out.faces]
     area = 0.5 * np.abs(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])).sum() * 512 * 512
     assert abs(cover.texel.numel() - area) < 0.03 * area  # the pieces' charts do not overlap
+
+
+def test_morton_codes_interleave_the_grid_coordinates_bits():
+    from engine.postprocess.unwrap import _morton_codes
+
+    points = np.random.default_rng(61).normal(size=(3000, 3)) * [1.0, 0.3, 2.0]
+    q = ((points - points.min(0)) / np.ptp(points, axis=0).max() * 1023).astype(np.int64)
+    expected = np.zeros(len(points), np.int64)
+    for bit in range(10):
+        for axis in range(3):
+            expected |= ((q[:, axis] >> bit) & 1) << (3 * bit + axis)
+    assert np.array_equal(_morton_codes(points), expected)
