@@ -50,7 +50,8 @@ OUTPUTS = ("mesh", "gaussians")
 # session 9: 4 steps 0.16-0.23 s with graphs, 0.16 s without). With the networks kept loaded its graphs are kept
 # instead (`_geometry_steps`). Stage 2 always runs eagerly: its steps keep the GPU busy on their own, and its
 # captures cost more than its replays save (H200, 8 steps 0.42-0.45 s against 0.36 s; 25 steps 1.095 s against
-# 1.052 s, session 10).
+# 1.052 s, session 10; session 11, one signature per run, captures without settling the device, runs alternating
+# in one process: fast 0.281 s against 0.255 s, default 1.069 s against 1.042 s).
 GRAPH_MIN_STEPS = 12
 # Attention kernels the flow transformers prefer on a GPU (`attention_kernels`; empty: PyTorch's default order).
 FLOW_ATTENTION_KERNELS: tuple[str, ...] = ()
