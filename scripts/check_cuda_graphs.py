@@ -11,7 +11,8 @@ runs eagerly in the pipeline since session 10 (its captures cost more than its r
 time, the time of every step on the GPU's timeline (CUDA events between sampler steps, so launch gaps count),
 medians over guided and unguided steps past the first three of each (graphs: two warm-ups and the capture), peak
 memory allocated and reserved; then the relative difference max|a - b| / max|b| of the final latents: graphs
-against eager, next to eager against eager (the floor).
+against eager, next to eager against eager (the floor). Then the decimation (1 M -> 30k faces) with its selection
+passes replayed from graphs against eager: time, and whether the meshes are equal to the bit.
 Runs in well under two minutes on an H200.
 """
 from __future__ import annotations
@@ -75,7 +76,42 @@ def main() -> int:
     x0 = noise_lib.draw_stage1(shapes, gen, device)
     failures += _compare("stage 1", pipe, s1, args.repeats,
                          lambda progress: pipe.sample_geometry(flow, cond, x0, s1, progress))
+    del flow
+    failures += _check_decimation(args.repeats, device)
     return 1 if failures else 0
+
+
+def _check_decimation(repeats: int, device: torch.device) -> int:
+    """The decimation's selection passes from graphs (`RepeatedCall`) against eager: the same mesh, and the time.
+
+    The initial quadrics are made on the CPU for both runs: their float atomics are the only order-dependent sums
+    on CUDA, and every later step is integer or element-wise, so the two results must be equal to the bit."""
+    import numpy as np
+
+    from engine.postprocess import collapse
+    from engine.postprocess.cleanup import clean_mesh
+    from engine.postprocess.procedural import noisy_sphere
+
+    quadrics = collapse.vertex_quadrics
+    collapse.vertex_quadrics = lambda p, f, b: quadrics(p.cpu(), f.cpu(), b.cpu()).to(p.device)
+    try:
+        mesh, _ = clean_mesh(noisy_sphere(1_000_000, seed=1))
+        vertices = torch.from_numpy(mesh.vertices).to(device)
+        faces = torch.from_numpy(mesh.faces.astype(np.int64)).to(device)
+        out, times = {}, {True: [], False: []}
+        for _ in range(repeats):
+            for graphs in (False, True):
+                torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                out[graphs] = collapse.collapse_to_count(vertices, faces, 30_000, graphs=graphs)
+                torch.cuda.synchronize(device)
+                times[graphs].append(time.perf_counter() - start)
+    finally:
+        collapse.vertex_quadrics = quadrics
+    same = all(torch.equal(a, b) for a, b in zip(out[True], out[False]))
+    print(f"decimation {faces.shape[0]} -> {out[True][1].shape[0]} faces: eager {times[False][-1]:.3f} s, passes from "
+          f"graphs {times[True][-1]:.3f} s; the same vertices and faces: {same}")
+    return 0 if same else 1
 
 
 def _compare(stage: str, pipe, settings: SamplerSettings, repeats: int, run: Callable[[Any], Any]) -> int:
