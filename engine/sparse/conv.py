@@ -18,6 +18,9 @@ On a GPU, when Co < Ci, the product comes first instead: (N+1, Ci) @ (Ci, K3*Co)
 contribution to each of its neighbours, and one gather-and-sum (`embedding_bag`) of the table's K3 rows per voxel
 gives the output, moving K3*Co instead of K3*Ci values per voxel (stage 2's 2048 -> 128 conv moves 16x less).
 
+Subdivided voxels (the mesh decoder's 128^3 and 256^3 convolutions) are whole bricks of their ancestor voxels; on
+a GPU they go brick-wise through `conv3d` instead (`bricks.py`: each brick gathered once with a halo).
+
 The 1x1x1 quirk: spconv evaluates a kernel-size-1 SubMConv3d as `x @ W.view(Ci, Co)`, i.e. it reinterprets
 the memory of the stored (Co, 1, 1, 1, Ci) weight as a (Ci, Co) matrix (not a transpose). The official mesh
 decoder's skip connections were trained that way, so we do the same.
@@ -32,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from .bricks import brick_conv3d
 from .tensor import SparseTensor, coordinate_keys
 
 # Upper bound on the elements of one gathered (rows, K3*Ci) block (256 MiB in bf16); more rows go in chunks.
@@ -46,6 +50,9 @@ CPU_PRODUCT_FIRST_ELEMENTS = 0
 # Neighbour tables are looked up in a dense (B, X, Y, Z) grid of row numbers up to this many cells (256 MiB of
 # int32, three padded 256^3 grids); larger bounding boxes fall back to a binary search.
 DENSE_LOOKUP_CELLS = 1 << 26
+# Devices on which convolutions of subdivided voxels run brick-wise through conv3d (`bricks.py`). Not the CPU,
+# whose gather path is tuned to stay in cache.
+BRICK_DEVICES = ("cuda",)
 
 
 class SparseConv3d(nn.Module):
@@ -69,6 +76,11 @@ class SparseConv3d(nn.Module):
             # spconv's 1x1 quirk: the (Co,1,1,1,Ci) memory read as a (Ci, Co) matrix.
             out = feats @ weight.contiguous().view(self.in_channels, self.out_channels)  # (N, Co)
             return x.replace(out if bias is None else out + bias)
+        bricks = x.cache.get("bricks")  # subdivided voxels: whole bricks of an ancestor set (see bricks.py)
+        if bricks is not None and feats.device.type in BRICK_DEVICES:
+            ancestor_coords, ancestor_tables, levels = bricks
+            table = _neighbour_table(ancestor_coords, ancestor_tables, 3)
+            return x.replace(brick_conv3d(feats, table, levels, weight, bias))
         table = submanifold_neighbour_table(x, self.kernel_size)  # (N, K3) int32, N = absent
         n, taps = table.shape
         padded = torch.cat([feats, feats.new_zeros(1, self.in_channels)])  # (N+1, Ci); row N is the zero row
@@ -111,7 +123,14 @@ class ConvWeights(nn.Module):
 def submanifold_neighbour_table(x: SparseTensor, kernel_size: int) -> torch.Tensor:
     """(N, K^3) int32: entry [p, o] is the row q with coords[q] = coords[p] + (i, j, k) - K//2 (same batch item)
     for the o-th offset (i, j, k) in weight order, or N where no voxel sits there. Cached on the voxel set."""
-    return x.cached(("submanifold_neighbour_table", kernel_size), lambda: _build_table(x.coords, kernel_size))
+    return _neighbour_table(x.coords, x.cache, kernel_size)
+
+
+def _neighbour_table(coords: torch.Tensor, cache: dict, kernel_size: int) -> torch.Tensor:
+    key = ("submanifold_neighbour_table", kernel_size)
+    if key not in cache:
+        cache[key] = _build_table(coords, kernel_size)
+    return cache[key]
 
 
 def _gather_matmul(

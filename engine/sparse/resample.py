@@ -48,8 +48,11 @@ def upsample(x: SparseTensor, factor: int = 2) -> SparseTensor:
 
 
 def subdivide(x: SparseTensor) -> SparseTensor:
-    """(N, C) at resolution R -> (8N, C) at 2R: row 8p + c is child c of voxel p (see module docstring)."""
-    fine_coords, fine_cache = x.cached("subdivide", lambda: (_subdivided_coords(x.coords), {}))
+    """(N, C) at resolution R -> (8N, C) at 2R: row 8p + c is child c of voxel p (see module docstring).
+
+    The fine voxels remember that they are whole bricks of an ancestor voxel set (cache entry "bricks":
+    (ancestor coords, a cache for its tables, subdivisions since)), which `conv.SparseConv3d` uses (`bricks.py`)."""
+    fine_coords, fine_cache = x.cached("subdivide", lambda: (_subdivided_coords(x.coords), _brick_cache(x)))
     n, c = x.feats.shape
     feats = x.feats[:, None].expand(n, 8, c).reshape(n * 8, c)  # (N, 8, C) -> (8N, C)
     return SparseTensor(fine_coords, feats, fine_cache)
@@ -66,6 +69,13 @@ def _downsample_plan(x: SparseTensor, factor: int) -> tuple[torch.Tensor, torch.
     coarse_coords = keys_to_coordinates(unique_keys, extent)  # (M, 4) lexicographic
     coarse_cache = {("upsample", factor): (coords, parent, x.cache)}
     return coarse_coords, parent, counts.to(torch.float32), coarse_cache
+
+
+def _brick_cache(x: SparseTensor) -> dict:
+    # The ancestor's tables go in a dict of their own: holding the ancestor's cache (which holds this one) would
+    # make a reference cycle, and GPU memory in a cycle waits for the garbage collector.
+    ancestor_coords, ancestor_tables, levels = x.cache.get("bricks", (x.coords, {}, 0))
+    return {"bricks": (ancestor_coords, ancestor_tables, levels + 1)}
 
 
 def _subdivided_coords(coords: torch.Tensor) -> torch.Tensor:
