@@ -45,10 +45,24 @@ def brick_conv3d(feats: torch.Tensor, brick_table: torch.Tensor, levels: int, we
         b = table.shape[0]
         index = table.index_select(1, slot) * side**3 + local  # (b, P) rows of `padded`
         halo = padded.index_select(0, index.view(-1)).view(b, side + 2, side + 2, side + 2, ci)
-        dense = F.conv3d(halo.permute(0, 4, 1, 2, 3), kernel, bias)  # (b, Co, s, s, s)
+        dense = _conv3d(halo.permute(0, 4, 1, 2, 3), kernel, bias)  # (b, Co, s, s, s)
         by_position = dense.permute(0, 2, 3, 4, 1).reshape(b, side**3, co)  # (b, S, Co) x-major positions
         out[start * side**3:(start + b) * side**3] = by_position.index_select(1, to_rows).view(-1, co)
     return out
+
+
+def _conv3d(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """conv3d at the precision of the gather path's matmul: cuDNN takes float32 convolutions as TF32 by default,
+    matmuls stay float32 unless told (`torch.backends.cuda.matmul.allow_tf32`)."""
+    wanted = torch.backends.cuda.matmul.allow_tf32
+    if x.dtype != torch.float32 or torch.backends.cudnn.allow_tf32 == wanted:
+        return F.conv3d(x, kernel, bias)
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = wanted
+    try:
+        return F.conv3d(x, kernel, bias)
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
 
 
 @lru_cache(maxsize=8)
