@@ -28,9 +28,8 @@ sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 import torch  # noqa: E402
 
 import bench_pipeline  # noqa: E402
-from engine.config import MODEL_NAMES, preset  # noqa: E402
+from engine.config import preset  # noqa: E402
 from engine.model_store import build  # noqa: E402
-from engine.random_weights import randomize_  # noqa: E402
 from engine.sparse import conv  # noqa: E402
 from engine.sparse.tensor import SparseTensor  # noqa: E402
 
@@ -51,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cuda = device.type == "cuda"
     config = preset(args.preset)
-    with torch.device(device), torch.no_grad():
+    with torch.device(device):
         net = build("mesh_decoder", config)
-        randomize_(net, args.seed * 1000 + MODEL_NAMES.index("mesh_decoder"))
+    net.load_state_dict(bench_pipeline.HostWeights(config, args.seed, device)("mesh_decoder"))
     net = net.eval().requires_grad_(False)
     coords = bench_pipeline.ShellShape.fit(args.voxels, config.slat_flow.resolution, device).coords
     gen = torch.Generator(device).manual_seed(args.seed + 7)
@@ -87,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                         times[path].append(time.perf_counter() - start)
                     peaks[path] = (torch.cuda.max_memory_allocated() - start_bytes) / GIB if cuda else 0.0
             for path, seconds in times.items():
-                print(f"{str(dtype).removeprefix('torch.'):9s} {path:8s} median {statistics.median(seconds) * 1e3:7.1f} ms "
+                name = str(dtype).removeprefix("torch.")
+                print(f"{name:9s} {path:8s} median {statistics.median(seconds) * 1e3:7.1f} ms "
                       f"(min {min(seconds) * 1e3:.1f}), peak above start {peaks[path]:.2f} GiB")
     finally:
         conv.BRICK_DEVICES = default_devices

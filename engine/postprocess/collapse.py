@@ -25,10 +25,10 @@ round collapses many edges at once, chosen so that no two of them touch a common
 One host read per round (face, vertex and edge counts: the stop test and the compaction sizes); every other
 step is a fixed-size tensor operation. Launching a round's ~1,100 operations from Python costs more than the GPU
 needs to run them, so on CUDA the selection passes (the same kernels on the same shapes, three times) are captured
-once per round and replayed (`cuda_graphs.RepeatedCall`). Ties resolve by edge index, so the result does not depend on thread
-timing (only the float sums of the initial quadrics may differ in their last bits on CUDA). Positions and
-quadrics are float64, structure of arrays ((3, V), (10, V)), in a frame centred on the mesh with a bounding-box
-diagonal of 1.
+once per round and replayed (`cuda_graphs.RepeatedCall`). Ties resolve by edge index, so the result does not
+depend on thread timing (only the float sums of the initial quadrics may differ in their last bits on CUDA).
+Positions and quadrics are float64, structure of arrays ((3, V), (10, V)), in a frame centred on the mesh with a
+bounding-box diagonal of 1.
 
 Letters: V vertices, F faces, H = 3F half-edges (half-edge 3 f + k runs from corner k of face f to corner
 k + 1), E edges.
@@ -36,8 +36,6 @@ k + 1), E edges.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
 
 from ..cuda_graphs import CudaGraphBackend, RepeatedCall
@@ -192,13 +190,12 @@ class _PendingMesh:
 
 # ---------------------------------------------------------------------------------------------------- round
 
-def _collapse_round(mesh: _Mesh, edges: _Edges, budget: int,
-                    repeat: Callable[[Callable[[], None], int], None]) -> tuple[_Mesh, torch.Tensor]:
+def _collapse_round(mesh: _Mesh, edges: _Edges, budget: int, repeat: RepeatedCall) -> tuple[_Mesh, torch.Tensor]:
     """One round (steps 2-4 of the module docstring) -> (mesh, alive (F,)), not compacted yet.
 
-    `budget`: how many faces may still go. `repeat(call, times)` runs the selection pass `times` times. The edges at a vertex with snags (rejected collapses) give way to
-    the others, which would otherwise lose to them again and again while they win and fail (on a coarse mesh
-    that stalls whole rounds).
+    `budget`: how many faces may still go; `repeat(call, times)` runs the selection pass `times` times. The edges
+    at a vertex with snags (rejected collapses) give way to the others, which would otherwise lose to them again
+    and again while they win and fail (on a coarse mesh that stalls whole rounds).
     """
     positions, quadrics, snags, faces = mesh.positions, mesh.quadrics, mesh.snags, mesh.faces
     n_vertices, n_edges = positions.shape[1], edges.low.shape[0]
