@@ -2,7 +2,7 @@
 
 `KeptVelocity` keeps a wrapper's graphs for later runs of a network that stays loaded (stage 1: fixed shapes), its
 condition copied into the captured buffers; `KeptFunction` does the same for any call on a dict of tensors (the
-condition embedders). `RepeatedCall` replays one in-place call several times in a row (the decimation's passes).
+condition embedders). `RepeatedCall` replays an in-place call each time it comes again (the decimation's rounds).
 
 Why: a flow transformer step is ~1,700 small kernels, and launching them eagerly from Python takes about as long
 as the GPU needs to run them, so a stage's wall time follows the host's hiccups. A captured graph launches them
@@ -233,50 +233,57 @@ class KeptFunction:
 
 
 class RepeatedCall:
-    """`repeat(call, times)`: run `call()` `times` times in a row, captured once into a graph and replayed.
+    """`repeat(call, key)`: run `call()` once, replayed from the graph captured for `key` (default: the call itself).
 
-    For a loop whose body is a few hundred small kernels on the same shapes every time, updating its state in place
-    (the decimation's selection passes: a pass launches ~200 kernels that take the GPU microseconds, so launching
-    them from Python is the whole cost). `call` must only write tensors that exist before it runs, never
-    synchronise with the host and never copy from host memory. The first use runs eagerly (it makes whatever the
-    kernels create lazily); so does every use without a backend (CPU) and every use after a capture failed (which
-    warns once). Each use captures its own graph; all of them draw on one private pool (a graph is never replayed
-    after the next one is captured, so each capture may take the blocks the previous ones freed) and are freed by
-    `release()` (leaving the `with` block).
+    For work that repeats on the same shapes with host decisions in between (the decimation's rounds: ~1,000 small
+    kernels on fixed-size buffers, which take the GPU a few milliseconds while launching them from Python takes
+    ~10). `call` must only write tensors that exist before it runs and keep nothing it allocates, never
+    synchronise with the host and never copy from host memory. The first call overall runs eagerly (it makes
+    whatever kernels create lazily); a later call with a new key is captured, then replayed, and each further call
+    with that key replays. Every call runs eagerly without a backend (CPU) or after a capture failed (which warns
+    once). All graphs draw on one private pool: what one allocates are temporaries, so a capture may take the
+    blocks the others used, and replays in any order never overlap (one stream). The keys (held) and graphs stay
+    until `release()` (leaving the `with` block).
     """
 
     def __init__(self, backend: GraphBackend | None):
         self.backend = backend
-        self.fallback: str | None = None  # why the uses went eager, once a capture failed
+        self.fallback: str | None = None  # why the calls went eager, once a capture failed
         self._warm = False
         self._pool: Any = None
-        self._graphs: list[Any] = []
+        self._graphs: dict[Any, Any] = {}  # key -> graph
 
-    def __call__(self, call: Callable[[], None], times: int) -> None:
-        if self.backend is None or self.fallback is not None or not self._warm or times < 2:
+    def __call__(self, call: Callable[[], None], key: Any = None) -> None:
+        if self.backend is None or self.fallback is not None or not self._warm:
             self._warm = True
-            for _ in range(times):
-                call()
+            call()
             return
-        if self._pool is None:
-            self._pool = self.backend.new_pool()
-        try:
-            graph, _ = self.backend.capture(call, self._pool)
-        except Exception as exc:  # capture records kernels without running them: the state is untouched
-            self.fallback = f"{type(exc).__name__}: {exc}".strip()
-            warnings.warn(f"CUDA graph capture of a repeated call failed ({self.fallback}); running it eagerly "
-                          "(same results, more launch overhead)", RuntimeWarning, stacklevel=2)
-            for _ in range(times):
+        key = call if key is None else key
+        graph = self._graphs.get(key)
+        if graph is None:
+            if self._pool is None:
+                self._pool = self.backend.new_pool()
+            try:
+                graph, _ = self.backend.capture(call, self._pool)
+            except Exception as exc:  # capture records kernels without running them: the state is untouched
+                self.fallback = f"{type(exc).__name__}: {exc}".strip()
+                warnings.warn(f"CUDA graph capture of a repeated call failed ({self.fallback}); running it eagerly "
+                              "(same results, more launch overhead)", RuntimeWarning, stacklevel=2)
                 call()
-            return
-        self._graphs.append(graph)
-        for _ in range(times):
-            self.backend.replay(graph)
+                return
+            self._graphs[key] = graph
+        self.backend.replay(graph)
+
+    @property
+    def graphs(self) -> int:
+        """Graphs captured and held now."""
+        return len(self._graphs)
 
     def release(self) -> None:
-        if self._graphs:
-            self.backend.release(self._graphs)
-        self._graphs, self._pool = [], None
+        graphs = list(self._graphs.values())
+        self._graphs, self._pool = {}, None
+        if graphs:
+            self.backend.release(graphs)
 
     def __enter__(self) -> RepeatedCall:
         return self

@@ -39,6 +39,7 @@ from .models.slat_flow import SlatVelocity
 from .occupancy import cap_voxel_count, coords_from_logits, keep_surface
 from .pose import Pose, decode_pose
 from .postprocess import PostprocessOptions, make_artist_mesh
+from .postprocess.collapse import RoundGraphs
 from .preprocess import ObjectInputs, full_image, preprocess_object
 from .results import ObjectResult, ReconstructionResult
 from .sampling import SamplerSettings, VelocityFn, sample
@@ -101,6 +102,7 @@ class Pipeline:
         # Stage 1's graphs kept between objects and runs while its flow stays loaded (`_geometry_steps`).
         self._kept_geometry: KeptVelocity | None = None
         self._kept_embedders: dict[str, KeptFunction] = {}  # the condition embedders' graphs, likewise (`_embed`)
+        self._kept_decimation: RoundGraphs | None = None  # the decimation's round graphs, likewise (`_postprocess`)
         self.models.on_release.append(self._forget_graphs)
         self.weights_id = weights_id  # where the weights came from (stored on Blender objects)
         # MoGe for photos without a pointmap; its own preset follows the pipeline's when its weights are random.
@@ -463,9 +465,20 @@ class Pipeline:
                 res.raw_mesh = res.mesh
                 try:
                     res.mesh = make_artist_mesh(res.raw_mesh, res.gaussians, options.faces, options.texture_size,
-                                                options.cleanup, progress=report, device=self.device)
+                                                options.cleanup, progress=report, device=self.device,
+                                                round_graphs=self.decimation_graphs())
                 except InputError as exc:
                     raise InputError(f"mask {res.mask_index + 1}: {exc.message}", exc.hint) from None
+
+    def decimation_graphs(self) -> RoundGraphs | None:
+        """The decimation's round graphs kept across objects and runs (their layouts recur: later objects replay
+        what the first captured) while the networks stay loaded with CUDA graphs on; else None (each decimation
+        makes and frees its own)."""
+        if not (self.cuda_graphs and self.models.keep_loaded):
+            return None
+        if self._kept_decimation is None:
+            self._kept_decimation = RoundGraphs(self.device)
+        return self._kept_decimation
 
     # ---- helpers ------------------------------------------------------------------------------------------------
 

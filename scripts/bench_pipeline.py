@@ -34,9 +34,10 @@ Timing: `torch.cuda.synchronize()` before and after every timed region; every co
 times (default 2: one warm-up) and the last run is reported. Memory: `torch.cuda.max_memory_allocated()`,
 reset at the start of every stage, in two loading modes: `keep` (all networks loaded up front, their weights
 count in every stage; one pipeline serves all runs, as the worker keeps it between jobs, so later runs find the
-networks loaded and the graphs of stage 1 and the condition embedders captured) and `staged` (each network loaded
-right before its stage and freed after it, as `keep_loaded=False` does; loading is timed and measured as its own row). Weights are served from host memory
-(as a memory-mapped checkpoint would be once in the page cache), so load times exclude disk reads.
+networks loaded and the graphs of stage 1, the condition embedders and the decimation's rounds captured) and
+`staged` (each network loaded right before its stage and freed after it, as `keep_loaded=False` does; loading is
+timed and measured as its own row). Weights are served from host memory (as a memory-mapped checkpoint would be
+once in the page cache), so load times exclude disk reads.
 
 FLOPs are counted analytically from the configs (see "FLOP counting" below): the multiply-adds (x2) of every
 matrix product the stage must do (linear layers, attention QK^T and PV, convolutions), nothing for
@@ -436,7 +437,7 @@ def run_object(
                 def postprocess() -> Mesh:
                     with rec("postprocess"):  # as Pipeline._postprocess: the Gaussians' colours join the bake
                         out = make_artist_mesh(mesh, gaussians, args.faces, args.texture_size, progress=step,
-                                               device=device)  # fmt: skip
+                                               device=device, round_graphs=pipe.decimation_graphs())  # fmt: skip
                         sync(device)
                     ends = [*list(starts.values())[1:], time.perf_counter()]
                     checks["postprocess_steps_s"] = {k: round(e - t, 4) for (k, t), e in zip(starts.items(), ends)}

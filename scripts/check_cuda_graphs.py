@@ -11,8 +11,8 @@ runs eagerly in the pipeline since session 10 (its captures cost more than its r
 time, the time of every step on the GPU's timeline (CUDA events between sampler steps, so launch gaps count),
 medians over guided and unguided steps past the first three of each (graphs: two warm-ups and the capture), peak
 memory allocated and reserved; then the relative difference max|a - b| / max|b| of the final latents: graphs
-against eager, next to eager against eager (the floor). Then the decimation (1 M -> 30k faces) with its selection
-passes replayed from graphs against eager: time, and whether the meshes are equal to the bit.
+against eager, next to eager against eager (the floor). Then the decimation (1 M -> 30k faces) with its rounds
+replayed from a graph per repack against eager: time, and whether the meshes are equal to the bit.
 Runs in well under two minutes on an H200.
 """
 from __future__ import annotations
@@ -82,7 +82,7 @@ def main() -> int:
 
 
 def _check_decimation(repeats: int, device: torch.device) -> int:
-    """The decimation's selection passes from graphs (`RepeatedCall`) against eager: the same mesh, and the time.
+    """The decimation's rounds from graphs (`RepeatedCall`) against eager: the same mesh, and the time.
 
     The initial quadrics are made on the CPU for both runs: their float atomics are the only order-dependent sums
     on CUDA, and every later step is integer or element-wise, so the two results must be equal to the bit."""
@@ -109,7 +109,7 @@ def _check_decimation(repeats: int, device: torch.device) -> int:
     finally:
         collapse.vertex_quadrics = quadrics
     same = all(torch.equal(a, b) for a, b in zip(out[True], out[False]))
-    print(f"decimation {faces.shape[0]} -> {out[True][1].shape[0]} faces: eager {times[False][-1]:.3f} s, passes from "
+    print(f"decimation {faces.shape[0]} -> {out[True][1].shape[0]} faces: eager {times[False][-1]:.3f} s, rounds from "
           f"graphs {times[True][-1]:.3f} s; the same vertices and faces: {same}")
     return 0 if same else 1
 

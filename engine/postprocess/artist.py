@@ -20,6 +20,7 @@ from ..assets import Gaussians, Mesh
 from ..errors import InputError
 from .bake import ColorSource, bake_texture, check_gaussians
 from .cleanup import CleanupOptions, check_mesh, clean_mesh, drop_nonfinite, drop_unused_vertices
+from .collapse import RoundGraphs
 from .decimate import decimate, resolve_decimator, resolve_face_count
 from .unwrap import unwrap
 
@@ -51,6 +52,7 @@ def make_artist_mesh(
     device: torch.device | str | None = None,
     cleanup_options: CleanupOptions = CleanupOptions(),
     decimator: str = "auto",
+    round_graphs: RoundGraphs | None = None,
 ) -> Mesh:
     """Postprocess a decoder mesh into an artist-ready asset.
 
@@ -64,6 +66,7 @@ def make_artist_mesh(
     device: where the vectorised work runs; default CUDA when available, else CPU.
     decimator: "auto" (torch's parallel edge collapse on CUDA, fast-simplification on CPU, the faster one on
         each), "torch" or "fast-simplification" (see `decimate.py`).
+    round_graphs: the torch decimator's CUDA graphs kept across calls (`collapse.RoundGraphs`); None: per call.
 
     Returns a new Mesh with vertices, faces (split along UV seams), vertex_colors, uvs and texture. Raises
     InputError for an empty mesh, a mesh with nothing finite, or unusable options.
@@ -81,10 +84,11 @@ def make_artist_mesh(
     decimator = resolve_decimator(decimator, device)
     with _one_torch_thread(torch.device(device).type == "cpu"):
         return _run(mesh, gaussians, target, texture_size, cleanup, _Progress(progress), device, cleanup_options,
-                    decimator)
+                    decimator, round_graphs)
 
 
-def _run(mesh, gaussians, target, texture_size, cleanup, report, device, cleanup_options, decimator) -> Mesh:
+def _run(mesh, gaussians, target, texture_size, cleanup, report, device, cleanup_options, decimator,
+         round_graphs) -> Mesh:
     # 1. clean-up
     report("clean-up", 0.0)
     if cleanup:
@@ -97,7 +101,7 @@ def _run(mesh, gaussians, target, texture_size, cleanup, report, device, cleanup
         colors_ready = pool.submit(ColorSource, source, gaussians, device)
         # 2. decimate
         report("decimate", 0.0)
-        low = decimate(source, target, device=device, decimator=decimator)
+        low = decimate(source, target, device=device, decimator=decimator, round_graphs=round_graphs)
         # 3. unwrap
         report("unwrap", 0.0)
         low, _ = unwrap(low, texture_size, PADDING)

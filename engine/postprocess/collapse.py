@@ -3,8 +3,8 @@
 The classic simplifier collapses one edge at a time, always the cheapest (quadric error, `quadric.py`). Here a
 round collapses many edges at once, chosen so that no two of them touch a common face:
 
-1. Edges: the half-edges sorted by their (low, high) vertex pair; each run of equal keys is one edge, with the
-   faces on it (1: border, 2: interior, more: non-manifold, never collapsed, nor is any edge at its ends).
+1. Edges: the live faces' half-edges sorted by their (low, high) vertex pair; each run of equal keys is one edge,
+   with the faces on it (1: border, 2: interior, more: non-manifold, never collapsed, nor is any edge at its ends).
 2. Costs: each edge's merged quadric gives the position of the merged vertex and its error. The cheapest
    `CANDIDATE_SHARE` of the collapsible edges are this round's candidates, in `COST_TIERS` tiers of rising cost.
 3. Selection, `PASSES` times: a candidate wins when its priority (snags, cost tier, a hash of its index, its
@@ -20,18 +20,25 @@ round collapses many edges at once, chosen so that no two of them touch a common
    them; the next pass picks again among the rest. Near the target only the cheapest accepted collapses that
    fit the remaining face budget stay, so the count lands on it.
 4. Collapse: each taken edge's high end becomes its low end, at the new position, with the summed quadric;
-   faces with a repeated vertex go; unused vertices and dead faces are compacted away.
+   faces with a repeated vertex die.
 
-One host read per round (face, vertex and edge counts: the stop test and the compaction sizes); every other
-step is a fixed-size tensor operation. Launching a round's ~1,100 operations from Python costs more than the GPU
-needs to run them, so on CUDA the selection passes (the same kernels on the same shapes, three times) are captured
-once per round and replayed (`cuda_graphs.RepeatedCall`). Ties resolve by edge index, so the result does not
-depend on thread timing (only the float sums of the initial quadrics may differ in their last bits on CUDA).
+A round works in place on fixed-size buffers, its slots (`_Slots`): dead faces stay in them (masked), merged-away
+vertices too, and the edge arrays have a fixed capacity (the mesh's edge count never grows, so the count at a
+round's start bounds every later round; unused slots are edges of no face between spare "trash" vertices, spread
+over `TRASH_VERTICES` of them: scatters that all hit one address serialise on the GPU). Its only host read is
+three counts (live faces, used vertices, edges) for the stop test. On CUDA the slot counts are powers of two and
+the mesh moves to smaller slots (dead faces and unused vertices dropped, vertices renumbered in order) once its live
+faces fit half the face slots; elsewhere the slots are exact and every round repacks. Every round in one slot
+layout is the same ~1,000 kernels on the same shapes, which launching from Python costs far more than the GPU
+needs to run them (10-12 ms a round against 1-8 ms), so on CUDA each layout's round is captured once and replayed
+(`cuda_graphs.RepeatedCall`), by later meshes too when the graphs are kept (`RoundGraphs`). Ties resolve by edge
+index, so the result does not depend on thread timing (only the float sums of the initial quadrics may differ in
+their last bits on CUDA).
 Positions and quadrics are float64, structure of arrays ((3, V), (10, V)), in a frame centred on the mesh with a
 bounding-box diagonal of 1.
 
-Letters: V vertices, F faces, H = 3F half-edges (half-edge 3 f + k runs from corner k of face f to corner
-k + 1), E edges.
+Letters: V vertex slots (the last `TRASH_VERTICES` of them trash), F face slots, H = 3F half-edges (half-edge
+3 f + k runs from corner k of face f to corner k + 1), E edge slots.
 """
 from __future__ import annotations
 
@@ -50,13 +57,18 @@ FLIP_COS = 0.15  # a face whose normal would turn by more than acos(this) (~81 d
 FACING_COS = 0.3  # ... or by more than acos(this) (~73 degrees) from the face's normal in the input mesh
 SLIVER = 0.02  # 2 x area / sum of squared sides below this (equilateral: 0.29) and thinner than before blocks
 STOP_SLACK = 0.002  # stop once the face count is within this fraction above the target
+# Device types whose slot counts are powers of two (a repack when the live faces fit half the face slots: ~5 rounds
+# per layout, each replayed from the layout's graph, and the layouts recur across meshes); elsewhere the slots are
+# the exact counts and every round repacks (no launches to save, no dead slots to carry).
+ROUNDED_SLOTS = {"cuda"}
+TRASH_VERTICES = 1024  # spare vertex slots after the used ones, the ends of the unused edge slots
 
-_SENTINEL = torch.iinfo(torch.int64).max  # sort key of dead half-edges (after every live one)
+_SENTINEL = torch.iinfo(torch.int64).max  # sort key of dead half-edges and unused edge slots (after every live one)
 _NO_PRIORITY = torch.iinfo(torch.int64).max  # the priority of an edge that is not a candidate
 
 
 def collapse_to_count(vertices: torch.Tensor, faces: torch.Tensor, target: int,
-                      graphs: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                      graphs: bool | RoundGraphs = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Quadric edge collapse of a triangle mesh to about `target` faces, on the tensors' device.
 
     vertices (V, 3) float, faces (F, 3) integer, all finite. Returns (vertices (V', 3) float32, faces (F', 3)
@@ -64,7 +76,9 @@ def collapse_to_count(vertices: torch.Tensor, faces: torch.Tensor, target: int,
     it (within `STOP_SLACK`, or one face), never below, unless the mesh runs out of collapsible edges first
     (non-manifold edges, closed parts of four faces); a mesh already at or below the target only loses its
     unused vertices. Collapses keep a manifold mesh manifold, consistently oriented and of the same genus.
-    On CUDA each round's selection passes replay from one CUDA graph (`graphs=False`: eagerly, the same kernels).
+    On CUDA the rounds replay CUDA graphs, one per slot layout: made for this call and freed after it (True), or
+    kept in `graphs` (a `RoundGraphs`) for later calls; False runs them eagerly (the same kernels on the same
+    layouts, so the same result).
     """
     if faces.shape[0] == 0:
         return vertices.new_zeros((0, 3), dtype=torch.float32), faces.new_zeros((0, 3), dtype=torch.int64)
@@ -73,39 +87,92 @@ def collapse_to_count(vertices: torch.Tensor, faces: torch.Tensor, target: int,
     centre = 0.5 * (low + high)
     scale = (high - low).norm().clamp(min=1e-30)
     mesh = _Mesh.start(((positions - centre) / scale).contiguous(), faces.to(torch.int64))
-    backend = CudaGraphBackend(faces.device, settle_before_capture=False) if graphs and faces.is_cuda else None
-    with RepeatedCall(backend) as repeat:
-        mesh = _rounds(mesh, target, repeat)
-    return (mesh.positions * scale + centre).T.to(torch.float32).contiguous(), mesh.faces
+    kept = graphs if isinstance(graphs, RoundGraphs) else RoundGraphs(faces.device, graphs)
+    if kept.device != faces.device:
+        raise ValueError(f"these round graphs are for {kept.device}, the mesh is on {faces.device}")
+    try:
+        mesh = _rounds(mesh, target, kept)
+    finally:
+        if kept is not graphs:
+            kept.release()
+    return (mesh.positions[:, :-TRASH_VERTICES] * scale + centre).T.to(torch.float32).contiguous(), mesh.faces
 
 
-def _rounds(mesh: _Mesh, target: int, repeat: RepeatedCall) -> _Mesh:
-    """Collapse rounds until the face count is within `STOP_SLACK` of `target` or nothing collapses any more."""
-    alive = torch.ones(mesh.faces.shape[0], dtype=torch.bool, device=mesh.faces.device)  # later: a round's survivors
-    previous, stalled = None, 0
+class RoundGraphs:
+    """The rounds' buffers and CUDA graphs on one device, kept across decimations until `release()`.
+
+    A round runs on slot buffers (`_Slots`) whose sizes are powers of two on CUDA (exact elsewhere), and on CUDA
+    each slot layout's round is captured once and replayed by every later round in that layout, in this call or a
+    later one: a first object pays ~5 captures, later objects of similar size none. Kept: ~0.1 GiB of buffers and
+    ~0.5 GiB of graph pool for a 1 M-face mesh; a pipeline keeps one only while its networks stay loaded.
+    """
+
+    def __init__(self, device: torch.device | str, graphs: bool = True):
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        capture = graphs and self.device.type == "cuda"
+        self.repeat = RepeatedCall(CudaGraphBackend(self.device, settle_before_capture=False) if capture else None)
+        self.rounded = self.device.type in ROUNDED_SLOTS
+        self._slots: dict[tuple[int, int, int], _Slots] = {}
+
+    def slot_count(self, n: int) -> int:
+        """Slots for n items: the next power of two where slots are rounded, else n."""
+        return 1 << max(0, n - 1).bit_length() if self.rounded else n
+
+    def slots(self, n_faces: int, n_vertices: int, n_edges: int) -> _Slots:
+        """Buffers (and their round) for a mesh of these counts; kept for reuse where rounds are captured."""
+        n_faces = self.slot_count(n_faces)
+        key = (n_faces, self.slot_count(n_vertices + TRASH_VERTICES), min(self.slot_count(n_edges), 3 * n_faces))
+        slots = self._slots.get(key)
+        if slots is None:
+            slots = _Slots(*key, self.device)
+            if self.repeat.backend is not None:
+                self._slots[key] = slots
+        return slots
+
+    def release(self) -> None:
+        """Free the graphs and buffers (before the device's memory is needed elsewhere)."""
+        self._slots.clear()
+        self.repeat.release()
+
+
+def _rounds(mesh: _Mesh, target: int, kept: RoundGraphs) -> _Mesh:
+    """Collapse rounds until the face count is within `STOP_SLACK` of `target` or nothing collapses any more;
+    returns the mesh compacted (no dead face, no unused vertex but the trash vertices, last)."""
+    n_faces = mesh.faces.shape[0]
+    mesh = mesh.repacked(n_faces, int(mesh.used().sum()))
+    edges = _Edges.of(mesh.faces, mesh.alive, mesh.positions.shape[1], 3 * n_faces)  # to size the edge slots
+    n_edges = int(edges.valid.sum())
+    mesh.quadrics = vertex_quadrics(mesh.positions, mesh.faces, edges.first[edges.valid & (edges.count == 1)])
+    n_vertices = mesh.positions.shape[1] - TRASH_VERTICES
+    previous, stalled, slots = None, 0, None
     for round_index in range(MAX_ROUNDS + 1):
-        pending = _PendingMesh.settle(mesh.faces, alive, mesh.positions.shape[1])
-        n_faces, n_vertices, n_edges = pending.counts.tolist()  # the round's one host read
-        mesh, edges = pending.compact(mesh, n_faces, n_vertices, n_edges)
-        if round_index == 0:
-            mesh.quadrics = vertex_quadrics(mesh.positions, mesh.faces, edges.first[edges.count == 1])  # (once)
         stalled = stalled + 1 if n_faces == previous else 0
         if n_faces <= target * (1.0 + STOP_SLACK) or stalled == STALL_ROUNDS or round_index == MAX_ROUNDS:
             break
+        if slots is None or kept.slot_count(n_faces) < slots.mesh.faces.shape[0]:
+            # the edge count only falls, and never exceeds the live half-edges
+            slots = kept.slots(n_faces, n_vertices, min(n_edges, 3 * n_faces))
+            slots.load(mesh, n_faces, n_vertices, target)
+            mesh = slots.mesh
         previous = n_faces
-        mesh, alive = _collapse_round(mesh, edges, n_faces - target, repeat)
-    return mesh
+        kept.repeat(slots.call, key=slots)
+        n_faces, n_vertices, n_edges = slots.counts.tolist()  # the round's one host read
+    return mesh.repacked(n_faces, n_vertices)
 
 
 @dataclass
 class _Mesh:
-    """What a round works on and hands on: per vertex (positions, quadrics, snags), per face (corners, facing)."""
+    """What a round works on and hands on, in place: per vertex slot (positions, quadrics, snags), per face slot
+    (corners, facing, alive)."""
 
     positions: torch.Tensor  # (3, V) float64
     quadrics: torch.Tensor  # (10, V) float64
     snags: torch.Tensor  # (V,) int64 rejected collapses at the vertex, halved every round, 0 once it moves
-    faces: torch.Tensor  # (F, 3) int64
+    faces: torch.Tensor  # (F, 3) int64; a dead face's corners are junk (but valid vertex slots)
     facing: torch.Tensor  # (3, F) float64 unit normal the face had in the input (0 for a degenerate face)
+    alive: torch.Tensor  # (F,) bool
 
     @staticmethod
     def start(positions: torch.Tensor, faces: torch.Tensor) -> "_Mesh":
@@ -114,22 +181,80 @@ class _Mesh:
         normal = _normal([positions.index_select(1, by_corner[k]) for k in range(3)])
         facing = normal / normal.norm(dim=0).clamp(min=1e-300)
         return _Mesh(positions, torch.zeros(10, n_vertices, dtype=positions.dtype, device=positions.device),
-                     torch.zeros(n_vertices, dtype=torch.int64, device=positions.device), faces, facing)
+                     torch.zeros(n_vertices, dtype=torch.int64, device=positions.device), faces, facing,
+                     torch.ones(faces.shape[0], dtype=torch.bool, device=faces.device))
+
+    def used(self) -> torch.Tensor:
+        """(V,) bool: some live face uses the vertex."""
+        uses = torch.zeros(self.positions.shape[1], dtype=torch.int64, device=self.faces.device)
+        uses.index_add_(0, self.faces.reshape(-1), self.alive[:, None].expand(-1, 3).reshape(-1).to(torch.int64))
+        return uses > 0
+
+    def repacked(self, n_faces: int, n_vertices: int) -> "_Mesh":
+        """New buffers holding the `n_faces` live faces and the `n_vertices` used vertices (renumbered in order, so
+        edge keys keep their order) and `TRASH_VERTICES` trash vertices after them."""
+        used = self.used()
+        kept_faces = _true_indices(self.alive, n_faces)
+        kept_vertices = torch.cat([_true_indices(used, n_vertices), kept_faces.new_full((TRASH_VERTICES,), -1)])
+        renumber = torch.cumsum(used, 0) - 1
+        faces = _at(renumber, self.faces.index_select(0, kept_faces))
+        trash = kept_vertices < 0  # the new last slots: zero position, quadric and snags
+        slot = kept_vertices.clamp(min=0)
+        return _Mesh(torch.where(trash, 0.0, self.positions.index_select(1, slot)),
+                     torch.where(trash, 0.0, self.quadrics.index_select(1, slot)),
+                     torch.where(trash, 0, _at(self.snags, slot)), faces, self.facing.index_select(1, kept_faces),
+                     torch.ones(n_faces, dtype=torch.bool, device=faces.device))
 
 
 # ---------------------------------------------------------------------------------------------------- edges
 
 @dataclass
 class _Edges:
-    """The mesh's edges in ascending key order (key = low * stride + high), with the faces on each."""
+    """The mesh's edges in ascending key order (key = low * V + high) in a fixed number of slots; the slots after
+    the last edge are unused (`valid` False, key `_SENTINEL`, both ends one trash vertex, no face)."""
 
     low: torch.Tensor  # (E,) int64 vertex, low < high
     high: torch.Tensor  # (E,) int64 vertex
     key: torch.Tensor  # (E,) int64, ascending (for `contains`)
-    stride: int  # key multiplier (>= V)
-    count: torch.Tensor  # (E,) int64 faces on the edge
+    stride: int  # key multiplier (V)
+    count: torch.Tensor  # (E,) int64 faces on the edge (0: unused slot)
     first: torch.Tensor  # (E,) int64 half-edge of one face on it
     second: torch.Tensor  # (E,) int64 half-edge of another face (meaningful where count >= 2)
+    valid: torch.Tensor  # (E,) bool: the slot holds an edge
+    n: torch.Tensor  # () int64 edges
+
+    @staticmethod
+    def of(faces: torch.Tensor, alive: torch.Tensor, n_vertices: int, capacity: int) -> "_Edges":
+        """The edges of the live faces (vertex slots 0..n_vertices - 1, the last `TRASH_VERTICES` of them trash) in
+        `capacity` slots, which must be at least the edge count; no host read."""
+        n_half = 3 * faces.shape[0]
+        device = faces.device
+        alive3 = alive[:, None].expand(-1, 3).reshape(-1)  # (H,)
+        start, end = faces.reshape(-1), faces.roll(-1, dims=1).reshape(-1)
+        key = torch.minimum(start, end) * n_vertices + torch.maximum(start, end)
+        key, order = torch.sort(torch.where(alive3, key, _SENTINEL), stable=True)
+        first = torch.ones_like(key, dtype=torch.bool)
+        first[1:] = key[1:] != key[:-1]
+        first &= key != _SENTINEL
+        # Sorted position of each edge's first key (a stable partition: every slot written once, no hot slot), then
+        # the end of the last run; slots past the last edge get the end too, so they count no face.
+        before = torch.cumsum(first, 0)
+        n_edges = before[-1]
+        position = torch.arange(n_half, device=device)
+        slot = torch.where(first, before - 1, n_edges + position - before)
+        live_half = 3 * alive.sum()
+        starts = torch.cat([torch.empty_like(position).scatter_(0, slot, position), live_half.view(1)])
+        index = torch.arange(capacity, device=device)
+        begin = torch.where(index < n_edges, starts[:capacity], live_half)
+        count = torch.where(index + 1 < n_edges, starts[1:capacity + 1], live_half) - begin
+        valid = count > 0
+        at = begin.clamp(max=n_half - 1)
+        key = torch.where(valid, _at(key, at), _SENTINEL)
+        # Unused slots join trash vertices, spread so that their scatters and atomics never pile onto one address.
+        trash = n_vertices - TRASH_VERTICES + index % TRASH_VERTICES
+        low, high = torch.where(valid, key // n_vertices, trash), torch.where(valid, key % n_vertices, trash)
+        return _Edges(low=low, high=high, key=key, stride=n_vertices, count=count, first=_at(order, at),
+                      second=_at(order, (at + 1).clamp(max=n_half - 1)), valid=valid, n=n_edges)
 
     def contains(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """(N,) vertex pairs -> (N,) bool: is (u, v) an edge of the mesh (binary search in the sorted keys)."""
@@ -138,64 +263,59 @@ class _Edges:
         return self.key.index_select(0, at) == query
 
 
-@dataclass
-class _PendingMesh:
-    """Faces after a round, renumbered and with their half-edges sorted, waiting for the counts to compact."""
-
-    faces: torch.Tensor  # (F, 3) int64, vertices renumbered over the used ones; dead faces hold junk
-    alive: torch.Tensor  # (F,) bool
-    used: torch.Tensor  # (V,) bool: some live face uses the vertex
-    key: torch.Tensor  # (3F,) int64 sorted half-edge keys; dead half-edges (_SENTINEL) last
-    order: torch.Tensor  # (3F,) int64 half-edge of each sorted key
-    first: torch.Tensor  # (3F,) bool: first of a run of equal live keys (one per edge)
-    stride: int
-    counts: torch.Tensor  # (3,) int64: live faces, used vertices, edges
-
-    @staticmethod
-    def settle(faces: torch.Tensor, alive: torch.Tensor, n_vertices: int) -> "_PendingMesh":
-        stride = max(n_vertices, 1)
-        alive3 = alive[:, None].expand(-1, 3).reshape(-1)  # (3F,)
-        uses = torch.zeros(stride, dtype=torch.int64, device=faces.device)
-        uses.index_add_(0, faces.reshape(-1), alive3.to(torch.int64))
-        used = uses > 0
-        renumber = torch.cumsum(used, 0) - 1  # increasing, so the key order survives the renumbering
-        faces = _at(renumber, faces)
-        start, end = faces.reshape(-1), faces.roll(-1, dims=1).reshape(-1)
-        key = torch.minimum(start, end) * stride + torch.maximum(start, end)
-        key, order = torch.sort(torch.where(alive3, key, _SENTINEL), stable=True)
-        first = torch.ones_like(key, dtype=torch.bool)
-        first[1:] = key[1:] != key[:-1]
-        first &= key != _SENTINEL
-        counts = torch.stack([alive.sum(), used.sum(), first.sum()])
-        return _PendingMesh(faces, alive, used, key, order, first, stride, counts)
-
-    def compact(self, mesh: _Mesh, n_faces: int, n_vertices: int, n_edges: int) -> tuple[_Mesh, _Edges]:
-        """Drop dead faces and unused vertices (their counts known on the host now) from `mesh`."""
-        kept_faces = _true_indices(self.alive, n_faces)
-        kept_vertices = _true_indices(self.used, n_vertices)
-        new_face = torch.cumsum(self.alive, 0) - 1  # (F_old,) position of each kept face
-        n_half = 3 * n_faces
-        order = self.order[:n_half]
-        order = 3 * _at(new_face, order // 3) + order % 3  # half-edge numbers in the compacted faces
-        starts = _true_indices(self.first[:n_half], n_edges)  # (E,) sorted position of each edge's first key
-        ends = torch.cat([starts[1:], torch.full((1,), n_half, dtype=torch.int64, device=starts.device)])
-        key = _at(self.key, starts)
-        edges = _Edges(low=key // self.stride, high=key % self.stride, key=key, stride=self.stride,
-                       count=ends - starts, first=_at(order, starts),
-                       second=_at(order, (starts + 1).clamp(max=max(n_half - 1, 0))))
-        return _Mesh(mesh.positions.index_select(1, kept_vertices), mesh.quadrics.index_select(1, kept_vertices),
-                     _at(mesh.snags, kept_vertices), self.faces.index_select(0, kept_faces),
-                     mesh.facing.index_select(1, kept_faces)), edges
-
-
 # ---------------------------------------------------------------------------------------------------- round
 
-def _collapse_round(mesh: _Mesh, edges: _Edges, budget: int, repeat: RepeatedCall) -> tuple[_Mesh, torch.Tensor]:
-    """One round (steps 2-4 of the module docstring) -> (mesh, alive (F,)), not compacted yet.
+class _Slots:
+    """Fixed-size buffers a round works on in place, and that round as a call with no arguments (the same kernels
+    on the same shapes every time, so it may be replayed from a graph): edges in `n_edges` slots, then
+    `_collapse_round`; it writes the live faces, used vertices and edges into `counts`."""
 
-    `budget`: how many faces may still go; `repeat(call, times)` runs the selection pass `times` times. The edges
-    at a vertex with snags (rejected collapses) give way to the others, which would otherwise lose to them again
-    and again while they win and fail (on a coarse mesh that stalls whole rounds).
+    def __init__(self, n_faces: int, n_vertices: int, n_edges: int, device: torch.device):
+        def zeros(*shape: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+            return torch.zeros(shape, dtype=dtype, device=device)
+
+        self.mesh = _Mesh(zeros(3, n_vertices), zeros(10, n_vertices), zeros(n_vertices, dtype=torch.int64),
+                          zeros(n_faces, 3, dtype=torch.int64), zeros(3, n_faces),
+                          zeros(n_faces, dtype=torch.bool))
+        self.n_edges = n_edges
+        self.target = zeros(dtype=torch.int64)  # the face count to stop at
+        self.counts = zeros(3, dtype=torch.int64)
+
+    def load(self, source: _Mesh, n_faces: int, n_vertices: int, target: int) -> None:
+        """Fill the buffers with `source`'s `n_faces` live faces and `n_vertices` used vertices (renumbered in
+        order, so edge keys keep their order); the other slots are dead faces and unused vertices."""
+        mesh, device = self.mesh, self.mesh.faces.device
+        used = source.used()
+        kept_faces = _true_indices(source.alive, n_faces)
+        kept_vertices = _true_indices(used, n_vertices)
+        renumber = torch.cumsum(used, 0) - 1
+        mesh.faces[:n_faces] = _at(renumber, source.faces.index_select(0, kept_faces))
+        # dead slots' corners spread over the vertices: their (zero) scatters then pile onto no single address
+        spare = torch.arange(n_faces, mesh.faces.shape[0], device=device) % n_vertices
+        mesh.faces[n_faces:] = spare[:, None]
+        mesh.alive.fill_(False)
+        mesh.alive[:n_faces] = True
+        mesh.facing.zero_()
+        mesh.facing[:, :n_faces] = source.facing.index_select(1, kept_faces)
+        for name in ("positions", "quadrics", "snags"):
+            buffer = getattr(mesh, name)
+            buffer.zero_()
+            buffer[..., :n_vertices] = getattr(source, name).index_select(-1, kept_vertices)
+        self.target.fill_(target)
+
+    def call(self) -> None:
+        mesh = self.mesh
+        edges = _Edges.of(mesh.faces, mesh.alive, mesh.positions.shape[1], self.n_edges)
+        _collapse_round(mesh, edges, mesh.alive.sum() - self.target)
+        self.counts.copy_(torch.stack([mesh.alive.sum(), mesh.used().sum(), edges.n]))
+
+
+def _collapse_round(mesh: _Mesh, edges: _Edges, budget: torch.Tensor) -> None:
+    """One round (steps 2-4 of the module docstring) on `mesh`'s buffers, in place.
+
+    `budget` () int64: how many faces may still go. The edges at a vertex with snags (rejected collapses) give way
+    to the others, which would otherwise lose to them again and again while they win and fail (on a coarse mesh
+    that stalls whole rounds).
     """
     positions, quadrics, snags, faces = mesh.positions, mesh.quadrics, mesh.snags, mesh.faces
     n_vertices, n_edges = positions.shape[1], edges.low.shape[0]
@@ -212,7 +332,7 @@ def _collapse_round(mesh: _Mesh, edges: _Edges, budget: int, repeat: RepeatedCal
     locked = _sum_at_ends(n_vertices, low, high, (count > 2).to(torch.int64)) > 0
     thin = (valence <= 3) & ~on_border  # an interior vertex of valence 3: an edge across it collapses into a fin
     interior = count == 2
-    collapsible = (count <= 2) & ~_at(locked, low) & ~_at(locked, high)
+    collapsible = edges.valid & (count <= 2) & ~_at(locked, low) & ~_at(locked, high)
     collapsible &= ~(interior & _at(on_border, low) & _at(on_border, high))  # joins two borders: a bow-tie vertex
     collapsible &= ~(interior & ((opposite0 == opposite1) | _at(thin, opposite0) | _at(thin, opposite1)))
     merged = quadrics.index_select(1, low) + quadrics.index_select(1, high)  # (10, E)
@@ -230,42 +350,43 @@ def _collapse_round(mesh: _Mesh, edges: _Edges, budget: int, repeat: RepeatedCal
     snagged = torch.maximum(_at(snags, low), _at(snags, high)).clamp(max=31)
     priority = (snagged << 57) | (tier << 47) | (_scramble(index) << 31) | index  # 5 + 10 + 16 + 31 bits, unique
 
-    # 3. selection passes: the same kernels on the same shapes each time (`repeat` may replay them from a graph),
-    # so each pass only updates these tensors in place
-    before = _FaceShapes.of(positions, faces, mesh.facing, n_edges)
+    # 3. selection passes
+    before = _FaceShapes.of(positions, faces, mesh.facing, mesh.alive, n_edges)
     taken = torch.zeros(n_edges, dtype=torch.bool, device=device)
     failed = torch.zeros(n_edges, dtype=torch.bool, device=device)
     removed = torch.zeros((), dtype=torch.int64, device=device)
-
-    def selection_pass() -> None:
+    for _ in range(PASSES):
         ring_min = _min_over_rings(torch.where(candidate, priority, _NO_PRIORITY), low, high, n_vertices)  # (V,)
         won = candidate & (_at(ring_min, low) == priority) & (_at(ring_min, high) == priority)
         tag = _tag_ends(won, low, high, n_vertices)  # (V,) winning edge at each of its two ends, else -1
         good = won & _keeps_manifold(edges, tag) & _keeps_orientation(before, tag, target_position)
-        failed.logical_or_(won & ~good)
+        failed |= won & ~good
         # the cheapest collapses that fit the face budget, in cost order
         gained = _at(torch.where(good, count, 0), by_cost).cumsum(0)
         good &= torch.empty_like(good).scatter_(0, by_cost, removed + gained <= budget)
-        removed.add_(torch.where(good, count, 0).sum())
-        taken.logical_or_(good)
-        candidate.logical_and_(~won)
+        removed = removed + torch.where(good, count, 0).sum()
+        taken |= good
+        candidate &= ~won
         near = _sum_at_ends(n_vertices, low, high, good.to(torch.int64))  # ends of accepted collapses
         near = near + _sum_at_ends(n_vertices, low, high, _at(near, high), _at(near, low))  # their closed 1-rings
-        candidate.logical_and_((_at(near, low) == 0) & (_at(near, high) == 0))
+        candidate &= (_at(near, low) == 0) & (_at(near, high) == 0)
 
-    repeat(selection_pass, PASSES)
-
-    # 4. collapse: high -> low
+    # 4. collapse: high -> low (every new value computed from the old ones before any is written back)
     kept_by = _tag_ends(taken, low, low, n_vertices)  # (V,) taken edge whose low end this is, else -1
     moved = kept_by >= 0
     by = kept_by.clamp(min=0)
-    positions = torch.where(moved, target_position.index_select(1, by), positions)
-    quadrics = quadrics + torch.where(moved, quadrics.index_select(1, _at(high, by)), 0.0)
-    snags = torch.where(moved, 0, snags // 2 + _sum_at_ends(n_vertices, low, high, failed.to(torch.int64)))
+    new_positions = torch.where(moved, target_position.index_select(1, by), positions)
+    new_quadrics = quadrics + torch.where(moved, quadrics.index_select(1, _at(high, by)), 0.0)
+    new_snags = torch.where(moved, 0, snags // 2 + _sum_at_ends(n_vertices, low, high, failed.to(torch.int64)))
     merge = torch.arange(n_vertices, device=device).scatter_reduce(0, high, torch.where(taken, low, high), "amin")
-    faces = _at(merge, faces)
-    alive = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])
-    return _Mesh(positions, quadrics, snags, faces, mesh.facing), alive
+    new_faces = _at(merge, faces)
+    distinct = (new_faces[:, 0] != new_faces[:, 1]) & (new_faces[:, 1] != new_faces[:, 2]) \
+        & (new_faces[:, 2] != new_faces[:, 0])
+    positions.copy_(new_positions)
+    quadrics.copy_(new_quadrics)
+    snags.copy_(new_snags)
+    faces.copy_(new_faces)
+    mesh.alive &= distinct
 
 
 def _min_over_rings(priority: torch.Tensor, low, high, n_vertices: int) -> torch.Tensor:
@@ -318,15 +439,17 @@ class _FaceShapes:
     facing: torch.Tensor  # (3, F) unit normal in the input mesh (`_Mesh.facing`)
     has_facing: torch.Tensor  # (F,) bool: the face was not degenerate in the input
     spread: torch.Tensor  # (F,) int64 face index modulo E: where a face adds nothing to (no one hot slot)
+    alive: torch.Tensor  # (F,) bool: dead face slots are never checked
 
     @staticmethod
-    def of(positions: torch.Tensor, faces: torch.Tensor, facing: torch.Tensor, n_edges: int) -> "_FaceShapes":
+    def of(positions: torch.Tensor, faces: torch.Tensor, facing: torch.Tensor, alive: torch.Tensor,
+           n_edges: int) -> "_FaceShapes":
         by_corner = faces.T.contiguous()
         corners = [positions.index_select(1, by_corner[k]) for k in range(3)]
         normal = _normal(corners)
         spread = torch.arange(faces.shape[0], device=faces.device) % n_edges
         return _FaceShapes(by_corner, corners, normal, normal.norm(dim=0), _sum_sq_sides(corners), facing,
-                           facing.abs().sum(0) > 0, spread)
+                           facing.abs().sum(0) > 0, spread, alive)
 
 
 def _keeps_orientation(before: _FaceShapes, tag: torch.Tensor, target_position: torch.Tensor) -> torch.Tensor:
@@ -341,7 +464,7 @@ def _keeps_orientation(before: _FaceShapes, tag: torch.Tensor, target_position: 
     t = [_at(tag, before.faces[k]) for k in range(3)]  # 3 x (F,)
     winner = torch.maximum(torch.maximum(t[0], t[1]), t[2])  # (F,) the one winner touching the face, else -1
     moves = [tk >= 0 for tk in t]
-    checked = (moves[0].to(torch.int8) + moves[1] + moves[2]) == 1
+    checked = ((moves[0].to(torch.int8) + moves[1] + moves[2]) == 1) & before.alive
     moved_to = target_position.index_select(1, winner.clamp(min=0))  # (3, F)
     after = [torch.where(m, moved_to, c) for m, c in zip(moves, before.corners)]
     normal = _normal(after)

@@ -17,6 +17,7 @@ import torch
 from ..assets import Mesh
 from ..errors import InputError
 from .cleanup import drop_nonfinite, drop_unused_vertices
+from .collapse import RoundGraphs, collapse_to_count
 
 FACE_PRESETS: dict[str, int] = {"low": 5_000, "medium": 30_000, "high": 150_000}
 DECIMATORS = ("auto", "torch", "fast-simplification")
@@ -51,7 +52,7 @@ def resolve_decimator(decimator: str, device: torch.device | str | None) -> str:
 
 
 def decimate(mesh: Mesh, target_faces: int, aggressiveness: float = 4.0, device: torch.device | str | None = None,
-             decimator: str = "auto") -> Mesh:
+             decimator: str = "auto", round_graphs: RoundGraphs | None = None) -> Mesh:
     """Quadric decimation of `mesh` to about `target_faces` faces (a mesh at or below the target is returned as is).
 
     `decimator` and `device` pick the simplifier (`resolve_decimator`); torch runs on `device` (default CPU).
@@ -59,7 +60,8 @@ def decimate(mesh: Mesh, target_faces: int, aggressiveness: float = 4.0, device:
     threshold grows like (iteration + 3)^agg, so lower is more careful. Its default, 7, leaves outliers up to ~1 %
     of the diagonal on a noisy sphere; 4 keeps them near 0.2 % at the same speed, but on very noisy input it can
     stop short of the target, in which case the decimation is redone at 7. Torch's collapse is greedy by cost
-    and needs no such knob. Vertex colours, UVs and texture are dropped (they no longer match); re-sample them
+    and needs no such knob; `round_graphs` keeps its CUDA graphs for later calls (`collapse.RoundGraphs`; None:
+    made and freed per call). Vertex colours, UVs and texture are dropped (they no longer match); re-sample them
     from the original.
     """
     decimator = resolve_decimator(decimator, device)
@@ -72,7 +74,8 @@ def decimate(mesh: Mesh, target_faces: int, aggressiveness: float = 4.0, device:
     if mesh.faces.shape[0] <= target_faces:
         return Mesh(vertices=mesh.vertices, faces=mesh.faces, vertex_colors=mesh.vertex_colors)
     if decimator == "torch":
-        vertices, faces = _collapse(mesh, target_faces, torch.device(device if device is not None else "cpu"))
+        vertices, faces = _collapse(mesh, target_faces, torch.device(device if device is not None else "cpu"),
+                                    round_graphs)
     else:
         vertices, faces = _simplify(mesh, target_faces, aggressiveness)
         if faces.shape[0] > RETRY_ABOVE * target_faces and aggressiveness < 7.0:
@@ -82,12 +85,12 @@ def decimate(mesh: Mesh, target_faces: int, aggressiveness: float = 4.0, device:
     return Mesh(vertices=vertices, faces=faces)
 
 
-def _collapse(mesh: Mesh, target_faces: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    from .collapse import collapse_to_count
-
+def _collapse(mesh: Mesh, target_faces: int, device: torch.device,
+              round_graphs: RoundGraphs | None) -> tuple[np.ndarray, np.ndarray]:
     vertices = torch.from_numpy(np.ascontiguousarray(mesh.vertices, dtype=np.float32)).to(device)
     faces = torch.from_numpy(np.ascontiguousarray(mesh.faces, dtype=np.int64)).to(device)
-    vertices, faces = collapse_to_count(vertices, faces, int(target_faces))
+    vertices, faces = collapse_to_count(vertices, faces, int(target_faces),
+                                        True if round_graphs is None else round_graphs)
     return vertices.cpu().numpy(), faces.to(torch.int32).cpu().numpy()
 
 

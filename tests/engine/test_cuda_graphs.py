@@ -379,20 +379,26 @@ def _accumulating_pass(state: torch.Tensor, step: torch.Tensor):
     return call
 
 
-def test_a_repeated_call_runs_eagerly_first_then_from_one_graph_per_use_with_the_eager_result():
+def test_a_repeated_call_runs_eagerly_first_then_replays_one_graph_per_key_with_the_eager_result():
     gen = torch.Generator().manual_seed(51)
     step = torch.randn(7, generator=gen)
-    start = torch.randn(7, generator=gen)
-    eager, graphed = start.clone(), start.clone()
-    for _ in range(3):
-        for _ in range(4):
-            _accumulating_pass(eager, step)()
+    starts = torch.randn(2, 7, generator=gen)
+    eager, graphed = starts.clone(), starts.clone()
+    order = [0, 0, 0, 1, 1, 0, 1, 0]  # two calls (on their own state), interleaved
+    for i in order:
+        _accumulating_pass(eager[i], step)()
     backend = RecordingBackend()
     with RepeatedCall(backend) as repeat:
-        for _ in range(3):
-            repeat(_accumulating_pass(graphed, step), 4)
-        assert backend.events == ["pool", "capture"] + ["replay"] * 4 + ["capture"] + ["replay"] * 4
+        calls = [_accumulating_pass(graphed[i], step) for i in range(2)]
+        for i in order:
+            repeat(calls[i])
+        # the first call warms up eagerly; each call is then captured once and replayed, in any order
+        assert backend.events == ["pool", "capture", "replay", "replay", "capture"] + ["replay"] * 5
+        assert repeat.graphs == 2
+        repeat(_accumulating_pass(graphed[0], step), key=calls[0])  # a key stands for the call it was captured with
+        assert backend.events[-1] == "replay" and repeat.graphs == 2
     assert backend.events[-1] == "release 2"
+    _accumulating_pass(eager[0], step)()
     assert torch.equal(graphed, eager)
 
 
@@ -405,22 +411,54 @@ def test_a_repeated_call_without_a_backend_or_after_a_failed_capture_runs_eagerl
 
     plain = start.clone()
     with RepeatedCall(None) as repeat:
-        repeat(_accumulating_pass(plain, step), 3)
-        repeat(_accumulating_pass(plain, step), 3)
+        call = _accumulating_pass(plain, step)
+        for _ in range(6):
+            repeat(call)
     assert torch.equal(plain, expected)
 
     failing, backend = start.clone(), RecordingBackend(fail_capture=True)
     with pytest.warns(RuntimeWarning, match="capture of a repeated call failed"):
         with RepeatedCall(backend) as repeat:
-            repeat(_accumulating_pass(failing, step), 3)  # eager warm-up
-            repeat(_accumulating_pass(failing, step), 3)  # the capture fails: eager, state untouched by it
+            call = _accumulating_pass(failing, step)
+            for _ in range(6):  # eager warm-up, a failed capture (eager, state untouched by it), then eager
+                repeat(call)
             assert repeat.fallback is not None
     assert backend.events == ["pool", "capture"]
     assert torch.equal(failing, expected)
 
 
+def test_decimation_rounds_replay_one_graph_per_slot_layout_and_give_the_eager_result(monkeypatch):
+    """The decimation on CUDA's slots (powers of two, dead slots kept until the mesh fits smaller ones) with a
+    recording backend's "graphs" kept across two meshes, against the same rounds run eagerly: the same meshes; the
+    first mesh captures one graph per layout, the second (of the same size) captures none."""
+    from engine.postprocess import collapse
+    from engine.postprocess.procedural import noisy_sphere
+
+    monkeypatch.setattr(collapse, "ROUNDED_SLOTS", {"cuda", "cpu"})
+    meshes = []
+    for seed in (54, 55):
+        mesh = noisy_sphere(12_000, seed=seed)
+        meshes.append((torch.from_numpy(mesh.vertices), torch.from_numpy(mesh.faces).long()))
+    eager = [collapse.collapse_to_count(v, f, 1_000, graphs=False) for v, f in meshes]
+
+    backend = RecordingBackend()
+    kept = collapse.RoundGraphs("cpu")
+    kept.repeat.backend = backend  # the CPU runs the recorded "graphs"
+    graphed = [collapse.collapse_to_count(meshes[0][0], meshes[0][1], 1_000, graphs=kept)]
+    first = {"captures": backend.events.count("capture"), "replays": backend.events.count("replay")}
+    graphed.append(collapse.collapse_to_count(meshes[1][0], meshes[1][1], 1_000, graphs=kept))
+    assert first["captures"] >= 3 and first["replays"] >= 2 * first["captures"]  # several layouts, several rounds each
+    assert backend.events.count("capture") == first["captures"]  # the second mesh only replays
+    assert backend.events.count("replay") > first["replays"] + 10
+    kept.release()
+    assert backend.events[-1] == f"release {first['captures']}"
+    for (gv, gf), (ev, ef) in zip(graphed, eager):
+        assert torch.equal(gf, ef) and torch.equal(gv, ev)
+        assert 1_000 <= gf.shape[0] <= 1_000 * (1 + collapse.STOP_SLACK) + 1
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_decimation_with_graphed_passes_equals_the_eager_one_on_cuda(monkeypatch):
+def test_decimation_with_graphed_rounds_equals_the_eager_one_on_cuda(monkeypatch):
     from engine.postprocess import collapse
     from engine.postprocess.procedural import noisy_sphere
 
@@ -433,7 +471,7 @@ def test_decimation_with_graphed_passes_equals_the_eager_one_on_cuda(monkeypatch
 
     class Spy(RepeatedCall):
         def release(self):
-            used.append((len(self._graphs), self.fallback))
+            used.append((self.graphs, self.fallback))
             super().release()
 
     monkeypatch.setattr(collapse, "RepeatedCall", Spy)
@@ -442,5 +480,32 @@ def test_decimation_with_graphed_passes_equals_the_eager_one_on_cuda(monkeypatch
     faces = torch.from_numpy(mesh.faces).long().cuda()
     graphed = collapse.collapse_to_count(vertices, faces, 5_000, graphs=True)
     eager = collapse.collapse_to_count(vertices, faces, 5_000, graphs=False)
-    assert used[0][0] > 5 and used[0][1] is None and used[1][0] == 0  # rounds after the first ran from graphs
+    assert used[0][0] >= 3 and used[0][1] is None and used[1][0] == 0  # a graph per repack, replayed
     assert torch.equal(graphed[1], eager[1]) and torch.equal(graphed[0], eager[0])
+
+
+def test_the_pipeline_keeps_decimation_graphs_while_its_networks_stay_loaded_and_passes_them_on(monkeypatch):
+    from engine import pipeline as pipeline_mod
+    from engine.assets import Mesh
+    from engine.postprocess import artist, collapse
+    from engine.postprocess.procedural import noisy_sphere
+
+    pipe = pipeline_mod.Pipeline.from_source("random", "tiny", device="cpu", seed=3)
+    assert pipe.decimation_graphs() is None  # no CUDA graphs on the CPU
+    pipe.cuda_graphs = True
+    kept = pipe.decimation_graphs()
+    assert isinstance(kept, collapse.RoundGraphs) and pipe.decimation_graphs() is kept
+    staged = pipeline_mod.Pipeline.from_source("random", "tiny", device="cpu", seed=3, keep_loaded=False)
+    staged.cuda_graphs = True
+    assert staged.decimation_graphs() is None  # staged: each decimation frees its own
+
+    # make_artist_mesh hands them to the torch decimator, which records its rounds there
+    monkeypatch.setattr(collapse, "ROUNDED_SLOTS", {"cuda", "cpu"})
+    backend = RecordingBackend()
+    kept.repeat.backend = backend
+    source = noisy_sphere(6_000, seed=56)
+    colored = Mesh(vertices=source.vertices, faces=source.faces,
+                   vertex_colors=np.full(source.vertices.shape, 0.5, np.float32))
+    out = artist.make_artist_mesh(colored, None, 1_000, 512, device="cpu", decimator="torch", round_graphs=kept)
+    assert backend.events.count("capture") >= 2 and kept.repeat.graphs == backend.events.count("capture")
+    assert out.uvs is not None and len(out.faces) >= 1_000

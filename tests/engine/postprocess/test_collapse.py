@@ -8,6 +8,7 @@ from scipy.spatial import cKDTree
 
 from engine.assets import Mesh
 from engine.postprocess.cleanup import clean_mesh
+from engine.postprocess import collapse as collapse_module
 from engine.postprocess.closest import SurfaceQuery
 from engine.postprocess.collapse import STOP_SLACK, collapse_to_count
 from engine.postprocess.deviation import surface_deviation
@@ -84,6 +85,14 @@ def wavy_strip(width: float, seed: int) -> Mesh:
     a = np.arange(199) * 2
     faces = np.concatenate([np.stack([a, a + 2, a + 3], 1), np.stack([a, a + 3, a + 1], 1)])
     return Mesh(vertices=np.stack([x, y, z], -1).reshape(-1, 3).astype(np.float32), faces=faces.astype(np.int32))
+
+
+@pytest.fixture(autouse=True, params=["exact slots", "power-of-two slots"])
+def slots(request, monkeypatch):
+    """Every test runs on the CPU's slots (repacked every round) and on CUDA's (powers of two: dead face and
+    vertex slots kept for several rounds, unused edge slots)."""
+    if request.param == "power-of-two slots":
+        monkeypatch.setattr(collapse_module, "ROUNDED_SLOTS", {"cuda", "cpu"})
 
 
 @pytest.fixture(scope="module")
