@@ -267,12 +267,19 @@ class RepeatedCall:
                 graph, _ = self.backend.capture(call, self._pool)
             except Exception as exc:  # capture records kernels without running them: the state is untouched
                 self.fallback = f"{type(exc).__name__}: {exc}".strip()
+                self.release()  # the pool may be half-used: no graph of it runs again
                 warnings.warn(f"CUDA graph capture of a repeated call failed ({self.fallback}); running it eagerly "
                               "(same results, more launch overhead)", RuntimeWarning, stacklevel=2)
                 call()
                 return
             self._graphs[key] = graph
         self.backend.replay(graph)
+
+    def forget(self, key: Any) -> None:
+        """Free the graph captured for `key`, if any (its pool blocks go back to the other graphs)."""
+        graph = self._graphs.pop(key, None)
+        if graph is not None:
+            self.backend.release([graph])
 
     @property
     def graphs(self) -> int:

@@ -104,6 +104,7 @@ class Pipeline:
         self._kept_embedders: dict[str, KeptFunction] = {}  # the condition embedders' graphs, likewise (`_embed`)
         self._kept_decimation: RoundGraphs | None = None  # the decimation's round graphs, likewise (`_postprocess`)
         self.models.on_release.append(self._forget_graphs)
+        self.models.on_release.append(self._forget_decimation_graphs)
         self.weights_id = weights_id  # where the weights came from (stored on Blender objects)
         # MoGe for photos without a pointmap; its own preset follows the pipeline's when its weights are random.
         moge_preset = "tiny" if config.preprocess.size < 518 else "official"
@@ -195,6 +196,7 @@ class Pipeline:
                 self._postprocess(results, postprocess, run)
         except torch.OutOfMemoryError:
             self.models.release()
+            self._forget_decimation_graphs()
             raise OutOfMemoryError(
                 f"the {self.device} device ran out of memory",
                 hint="use quality 'fast', fewer objects per run, unload other models, or run on the CPU",
@@ -476,9 +478,17 @@ class Pipeline:
         makes and frees its own)."""
         if not (self.cuda_graphs and self.models.keep_loaded):
             return None
+        if self._kept_decimation is not None and self._kept_decimation.repeat.fallback is not None:
+            self._forget_decimation_graphs()  # a capture failed (out of memory?): try afresh with the next object
         if self._kept_decimation is None:
             self._kept_decimation = RoundGraphs(self.device)
         return self._kept_decimation
+
+    def _forget_decimation_graphs(self, _network: str = "") -> None:
+        """Free the decimation's kept graphs (when networks are freed: after an out-of-memory error, say)."""
+        if self._kept_decimation is not None:
+            self._kept_decimation.release()
+            self._kept_decimation = None
 
     # ---- helpers ------------------------------------------------------------------------------------------------
 

@@ -62,6 +62,7 @@ STOP_SLACK = 0.002  # stop once the face count is within this fraction above the
 # the exact counts and every round repacks (no launches to save, no dead slots to carry).
 ROUNDED_SLOTS = {"cuda"}
 TRASH_VERTICES = 1024  # spare vertex slots after the used ones, the ends of the unused edge slots
+KEPT_LAYOUTS = 12  # slot layouts (buffers + graph) a RoundGraphs keeps: a mesh uses ~5, most recur across meshes
 
 _SENTINEL = torch.iinfo(torch.int64).max  # sort key of dead half-edges and unused edge slots (after every live one)
 _NO_PRIORITY = torch.iinfo(torch.int64).max  # the priority of an edge that is not a candidate
@@ -80,6 +81,8 @@ def collapse_to_count(vertices: torch.Tensor, faces: torch.Tensor, target: int,
     kept in `graphs` (a `RoundGraphs`) for later calls; False runs them eagerly (the same kernels on the same
     layouts, so the same result).
     """
+    if target < 0:
+        raise ValueError(f"the target face count must be 0 or more, got {target}")
     if faces.shape[0] == 0:
         return vertices.new_zeros((0, 3), dtype=torch.float32), faces.new_zeros((0, 3), dtype=torch.int64)
     positions = vertices.to(torch.float64).T  # (3, V)
@@ -114,7 +117,7 @@ class RoundGraphs:
         capture = graphs and self.device.type == "cuda"
         self.repeat = RepeatedCall(CudaGraphBackend(self.device, settle_before_capture=False) if capture else None)
         self.rounded = self.device.type in ROUNDED_SLOTS
-        self._slots: dict[tuple[int, int, int], _Slots] = {}
+        self._slots: dict[tuple[int, int, int], _Slots] = {}  # least recently used first
 
     def slot_count(self, n: int) -> int:
         """Slots for n items: the next power of two where slots are rounded, else n."""
@@ -124,11 +127,13 @@ class RoundGraphs:
         """Buffers (and their round) for a mesh of these counts; kept for reuse where rounds are captured."""
         n_faces = self.slot_count(n_faces)
         key = (n_faces, self.slot_count(n_vertices + TRASH_VERTICES), min(self.slot_count(n_edges), 3 * n_faces))
-        slots = self._slots.get(key)
+        slots = self._slots.pop(key, None)
         if slots is None:
             slots = _Slots(*key, self.device)
-            if self.repeat.backend is not None:
-                self._slots[key] = slots
+        if self.repeat.backend is not None:
+            self._slots[key] = slots  # (re)inserted last: the most recently used
+            while len(self._slots) > KEPT_LAYOUTS:  # meshes of many sizes: drop the layouts unused the longest
+                self.repeat.forget(self._slots.pop(next(iter(self._slots))))
         return slots
 
     def release(self) -> None:
@@ -159,6 +164,8 @@ def _rounds(mesh: _Mesh, target: int, kept: RoundGraphs) -> _Mesh:
         previous = n_faces
         kept.repeat(slots.call, key=slots)
         n_faces, n_vertices, n_edges = slots.counts.tolist()  # the round's one host read
+        if n_edges > slots.n_edges:  # cannot happen (merging never adds an edge); dropped edges would corrupt
+            raise RuntimeError(f"decimation round found {n_edges} edges for {slots.n_edges} slots")
     return mesh.repacked(n_faces, n_vertices)
 
 

@@ -397,7 +397,9 @@ def test_a_repeated_call_runs_eagerly_first_then_replays_one_graph_per_key_with_
         assert repeat.graphs == 2
         repeat(_accumulating_pass(graphed[0], step), key=calls[0])  # a key stands for the call it was captured with
         assert backend.events[-1] == "replay" and repeat.graphs == 2
-    assert backend.events[-1] == "release 2"
+        repeat.forget(calls[1])
+        assert backend.events[-1] == "release 1" and repeat.graphs == 1
+    assert backend.events[-1] == "release 1"
     _accumulating_pass(eager[0], step)()
     assert torch.equal(graphed, eager)
 
@@ -480,8 +482,38 @@ def test_decimation_with_graphed_rounds_equals_the_eager_one_on_cuda(monkeypatch
     faces = torch.from_numpy(mesh.faces).long().cuda()
     graphed = collapse.collapse_to_count(vertices, faces, 5_000, graphs=True)
     eager = collapse.collapse_to_count(vertices, faces, 5_000, graphs=False)
-    assert used[0][0] >= 3 and used[0][1] is None and used[1][0] == 0  # a graph per repack, replayed
+    assert used[0][0] >= 3 and used[0][1] is None and used[1][0] == 0  # a graph per layout, replayed
     assert torch.equal(graphed[1], eager[1]) and torch.equal(graphed[0], eager[0])
+    # graphs kept across meshes of other sizes, in interleaved order, against eager runs
+    others = [noisy_sphere(n, seed=58) for n in (40_000, 90_000)]
+    inputs = [(torch.from_numpy(m.vertices).cuda(), torch.from_numpy(m.faces).long().cuda()) for m in others]
+    kept = collapse.RoundGraphs(vertices.device)
+    for v, f, target in [(*inputs[0], 5_000), (*inputs[1], 3_000), (vertices, faces, 5_000), (*inputs[0], 5_000)]:
+        replayed = collapse.collapse_to_count(v, f, target, graphs=kept)
+        plain = collapse.collapse_to_count(v, f, target, graphs=False)
+        assert torch.equal(replayed[1], plain[1]) and torch.equal(replayed[0], plain[0])
+    assert kept.repeat.fallback is None and kept.repeat.graphs >= 3
+    kept.release()
+
+
+def test_kept_round_graphs_hold_a_bounded_number_of_layouts(monkeypatch):
+    from engine.postprocess import collapse
+    from engine.postprocess.procedural import noisy_sphere
+
+    monkeypatch.setattr(collapse, "ROUNDED_SLOTS", {"cuda", "cpu"})
+    monkeypatch.setattr(collapse, "KEPT_LAYOUTS", 2)
+    mesh = noisy_sphere(12_000, seed=57)
+    v, f = torch.from_numpy(mesh.vertices), torch.from_numpy(mesh.faces).long()
+    backend = RecordingBackend()
+    kept = collapse.RoundGraphs("cpu")
+    kept.repeat.backend = backend
+    out = collapse.collapse_to_count(v, f, 1_000, graphs=kept)
+    assert backend.events.count("capture") >= 3  # more layouts than it keeps...
+    assert len(kept._slots) == 2 and kept.repeat.graphs == 2  # ...so the oldest went, with their graphs
+    assert backend.events.count("release 1") == backend.events.count("capture") - 2
+    eager = collapse.collapse_to_count(v, f, 1_000, graphs=False)
+    assert torch.equal(out[1], eager[1]) and torch.equal(out[0], eager[0])
+    kept.release()
 
 
 def test_the_pipeline_keeps_decimation_graphs_while_its_networks_stay_loaded_and_passes_them_on(monkeypatch):
@@ -509,3 +541,6 @@ def test_the_pipeline_keeps_decimation_graphs_while_its_networks_stay_loaded_and
     out = artist.make_artist_mesh(colored, None, 1_000, 512, device="cpu", decimator="torch", round_graphs=kept)
     assert backend.events.count("capture") >= 2 and kept.repeat.graphs == backend.events.count("capture")
     assert out.uvs is not None and len(out.faces) >= 1_000
+    pipe.models.get("ss_condition")
+    pipe.models.release()  # networks freed (after an out-of-memory error, say): the graphs go too
+    assert pipe._kept_decimation is None and kept.repeat.graphs == 0 and backend.events[-1].startswith("release")

@@ -206,6 +206,20 @@ def test_the_result_does_not_depend_on_the_run(sphere):
     np.testing.assert_array_equal(a.vertices, b.vertices)
 
 
+def test_power_of_two_slots_give_the_exact_slots_result(sphere, monkeypatch):
+    exact = collapse(sphere, 1_500)
+    monkeypatch.setattr(collapse_module, "ROUNDED_SLOTS", {"cuda", "cpu"})
+    rounded = collapse(sphere, 1_500)
+    np.testing.assert_array_equal(rounded.faces, exact.faces)
+    np.testing.assert_array_equal(rounded.vertices, exact.vertices)
+
+
+def test_a_negative_target_is_refused():
+    mesh = noisy_torus(20, 10, seed=19)
+    with pytest.raises(ValueError, match="0 or more"):
+        collapse(mesh, -1)
+
+
 def test_a_tetrahedron_cannot_lose_faces():
     g = np.random.default_rng(14)
     vertices = g.normal(size=(4, 3)).astype(np.float32)
