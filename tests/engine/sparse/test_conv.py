@@ -57,7 +57,8 @@ def _dense_reference(conv: SparseConv3d, coords: torch.Tensor, feats: torch.Tens
 
 
 @pytest.mark.parametrize("kernel_size,cin,cout,batches", [
-    (3, 3, 4, 1), (3, 3, 4, 2), (3, 8, 16, 2), (3, 16, 5, 1), (3, 24, 7, 2), (1, 6, 10, 2), (1, 12, 4, 1),
+    (3, 3, 4, 1), (3, 3, 4, 2), (3, 8, 16, 2), (3, 16, 5, 1), (3, 24, 7, 2), (3, 9, 9, 2), (1, 6, 10, 2),
+    (1, 12, 4, 1),
 ])
 @pytest.mark.parametrize("chunk_elements,product_first", [(None, False), (250, False), (None, True)])
 def test_equals_a_dense_conv3d_read_at_the_active_sites(monkeypatch, kernel_size, cin, cout, batches,
@@ -72,11 +73,21 @@ def test_equals_a_dense_conv3d_read_at_the_active_sites(monkeypatch, kernel_size
         conv.conv.bias.copy_(torch.randn(cout, generator=gen))
         if chunk_elements is not None:  # 250 elements: 1-2 rows of 27*Ci per chunk, so hundreds of chunks
             monkeypatch.setattr("engine.sparse.conv.GATHER_CHUNK_ELEMENTS", chunk_elements)
-        if product_first:  # the GPU's product-first order, used when Co < Ci
+        if product_first:  # the GPU's product-first order, used when Co <= Ci
             monkeypatch.setattr("engine.sparse.conv.CPU_PRODUCT_FIRST_ELEMENTS", 1 << 30)
         out = conv(SparseTensor(coords, feats)).feats
         ref = _dense_reference(conv, coords, feats, grid)
     assert_close(out, ref, atol=1e-5, rtol=1e-5, what="sparse vs dense conv")
+
+
+def test_product_first_is_the_gpus_order_for_convs_that_keep_or_narrow_the_channels():
+    from engine.sparse.conv import PRODUCT_FIRST_ELEMENTS, _product_first
+
+    assert _product_first(49_408, 27, 128, 128, cpu=False)  # stage 2's 128 -> 128 convs
+    assert _product_first(49_408, 27, 2048, 128, cpu=False)
+    assert not _product_first(12_384, 27, 1024, 1024 + 1, cpu=False)  # widening: gather, then one product
+    assert not _product_first(PRODUCT_FIRST_ELEMENTS // 27, 27, 128, 128, cpu=False)  # products over the bound
+    assert not _product_first(49_408, 27, 128, 128, cpu=True)  # the CPU gathers (tuned to stay in cache)
 
 
 def test_neighbour_table_is_built_once_per_voxel_set_and_shared_by_replace():
