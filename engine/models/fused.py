@@ -156,6 +156,17 @@ def residual_norm_modulate(
 
 
 @fused
+def gated_residual_norm_modulate(
+    x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x + gate · h (the previous SLAT block's gated MLP residual) for x, h (G, L, C), gate (G, 1 | L, C), then
+    `norm_modulate` of the sum -> (G, L, C) twice. One pass where the residual alone took a kernel of its own
+    (eagerly its strided gate went through addcmul's generic kernel: 43 µs for 2 items of 6,192 voxels, H200)."""
+    x = torch.addcmul(x, gate, h)
+    return x, torch.addcmul(shift, F.layer_norm(x, x.shape[-1:], eps=eps), 1 + scale)
+
+
+@fused
 def normed_qkv(qkv: torch.Tensor, gamma_q: torch.Tensor, gamma_k: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """q, k, v of a to_qkv output (G, L, 3, H, D), q and k through their per-head RMS norms (gamma (H, D) each)
     -> q, k (G, L, H, D), v the (strided) view of qkv."""

@@ -23,6 +23,7 @@ voxel counts.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -36,6 +37,7 @@ from .attention import CrossAttention, CrossContext, FeedForwardNet, GuidedKV, S
 from .embeddings import TimestepEmbedder, absolute_position_embedding
 from .fused import (
     gated_residual_norm,
+    gated_residual_norm_modulate,
     norm_modulate,
     norm_modulate_silu,
     norm_silu,
@@ -138,8 +140,11 @@ class SlatFlowModel(nn.Module):
         # 3. Absolute position embedding of the coarse voxels, transformer blocks
         ape = absolute_position_embedding(h.coords[:, 1:], self.cfg.model_channels)  # (M, C)
         h = h.replace(h.feats + ape.to(dtype))
+        residual = None
         for block, kv in zip(self.blocks, cond_kv):
-            h = block(h, t_emb, kv)
+            h, residual = block(h, t_emb, kv, residual)
+        if residual is not None:
+            h = h.replace(residual.add_to(h.feats))
 
         # 4. Output res blocks on cat[h, skip] (32^3 -> 64^3)
         for block, skip in zip(self.out_blocks, reversed(skips)):
@@ -192,6 +197,17 @@ class SparseResBlock(nn.Module):
         return h.replace(h.feats + self.skip_connection(x.feats))
 
 
+class GatedResidual(NamedTuple):
+    """A block's gated MLP residual, x + gate · update, with the layouts of `ModulatedSparseCrossBlock.forward`."""
+
+    gate: torch.Tensor  # (G, 1 | L, C)
+    update: torch.Tensor  # (G, L, C)
+
+    def add_to(self, feats: torch.Tensor) -> torch.Tensor:
+        """feats (N, C) -> feats + gate · update, (N, C)."""
+        return torch.addcmul(feats.view_as(self.update), self.gate, self.update).view_as(feats)
+
+
 class ModulatedSparseCrossBlock(nn.Module):
     """adaLN-modulated self-attention (gated), un-gated cross-attention with an affine norm, gated MLP."""
 
@@ -206,7 +222,14 @@ class ModulatedSparseCrossBlock(nn.Module):
         self.mlp = FeedForwardNet(channels, mlp_ratio)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(channels, 6 * channels))
 
-    def forward(self, x: SparseTensor, t_emb: torch.Tensor, kv: CrossContext) -> SparseTensor:
+    def forward(
+        self, x: SparseTensor, t_emb: torch.Tensor, kv: CrossContext, residual: GatedResidual | None = None
+    ) -> tuple[SparseTensor, GatedResidual]:
+        """x: the voxels' features, before the previous block's gated MLP `residual` (None for the first block).
+
+        Returns this block's output before its own gated MLP residual, and that residual: the next block adds it
+        in the same pass as its first norm (`gated_residual_norm_modulate`), which saves a read and a write of the
+        activations per block; after the last block `GatedResidual.add_to` adds it."""
         # Voxels as (G, L, C) with their modulation (G, 1 | L, 6C): G = B items of L voxels each when the items
         # are contiguous and of equal size (no per-voxel copy of the modulation), else G = 1, per-voxel rows.
         n, c = x.feats.shape
@@ -218,17 +241,20 @@ class ModulatedSparseCrossBlock(nn.Module):
             h, mods = x.feats[None], mods.index_select(0, x.batch_index)[None]  # (1, N, C), (1, N, 6C)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.chunk(6, dim=-1)
 
-        # 1. Self-attention over all voxels of the item
-        a = norm_modulate(h, shift_msa, scale_msa, self.norm1.eps)
+        # 1. The previous block's gated MLP residual, then self-attention over all voxels of the item
+        if residual is None:
+            a = norm_modulate(h, shift_msa, scale_msa, self.norm1.eps)
+        else:
+            h, a = gated_residual_norm_modulate(h, residual.gate, residual.update, shift_msa, scale_msa,
+                                                self.norm1.eps)
         q, k, v = (t.reshape(n, self.num_heads, -1) for t in self.self_attn.qkv(a))  # (N, H, D) each
         a = self.self_attn.to_out(full_attention(q, k, v, x)).view_as(h)
 
         # 2. Gated residual, cross-attention to the condition tokens
         h, a = self._cross_attention(h, gate_msa, a, x, kv, shift_mlp, scale_mlp)
 
-        # 3. MLP, gated
-        h = torch.addcmul(h, gate_mlp, self.mlp(a))
-        return x.replace(h.view(n, c))
+        # 3. MLP, gated: left to the next block
+        return x.replace(h.view(n, c)), GatedResidual(gate_mlp, self.mlp(a))
 
     def _cross_attention(
         self,

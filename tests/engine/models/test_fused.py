@@ -64,6 +64,16 @@ def test_gated_residual_norm_returns_the_sum_and_its_affine_norm():
     assert_close(normed, F.layer_norm(x + gate * h, (8,), weight, bias, 1e-6), 1e-5, 1e-5, "norm2")
 
 
+def test_gated_residual_norm_modulate_adds_the_gated_update_then_modulates_its_norm():
+    gen = torch.Generator().manual_seed(206)
+    x, h = torch.randn(2, 7, 8, generator=gen), torch.randn(2, 7, 8, generator=gen)
+    gate, shift, scale = (torch.randn(2, 1, 8, generator=gen) for _ in range(3))
+    with torch.no_grad():
+        new, mod = fused.gated_residual_norm_modulate(x, gate, h, shift, scale, 1e-6)
+    assert_close(new, x + gate * h, 1e-6, 1e-6, "gated residual")
+    assert_close(mod, F.layer_norm(x + gate * h, (8,), eps=1e-6) * (1 + scale) + shift, 1e-5, 1e-5, "modulated")
+
+
 def test_mot_qkv_gives_the_pose_stream_pose_then_shape_keys_and_values():
     gen = torch.Generator().manual_seed(203)
     qkv_s, qkv_p = torch.randn(2, 9, 3, 2, 4, generator=gen), torch.randn(2, 3, 3, 2, 4, generator=gen)
