@@ -198,14 +198,16 @@ def main(argv: list[str] | None = None) -> int:
                                     last=shared is None or r == args.repeats - 1)
                 runs.append(result)
                 log(f"{target} voxels, {mode}, run {r + 1}/{args.repeats}: {result['total_s']:.3f} s, "
-                    f"peak {result['peak_gib']:.2f} GiB" + (f", ERRORS {result['errors']}" if result["errors"] else ""))
+                    f"peak {result['peak_gib']:.2f} GiB" + (f", ERRORS {result['errors']}" if result["errors"] else "")
+                    + f"; {run_breakdown(result)}")
                 seen = {e.splitlines()[0] for e in report["errors"]}
                 report["errors"].extend(e for e in result["errors"] if e.splitlines()[0] not in seen)
             if shared is not None:  # the networks were loaded in the first run: report that loading
                 first, last = runs[0], runs[-1]
                 last["stages"].setdefault("load:all", first["stages"].get("load:all", {}))
                 last["load_s"], last["peak_load_gib"] = first["load_s"], first["peak_load_gib"]
-            entry["modes"][mode] = {"reported": runs[-1], "all_totals_s": [x["total_s"] for x in runs]}
+            entry["modes"][mode] = {"reported": runs[-1], "all_totals_s": [x["total_s"] for x in runs],
+                                    "all_stages_s": [{k: v.get("seconds") for k, v in x["stages"].items()} for x in runs]}
             write_json(args.json, report)
 
     # 4. The public API once, end to end (random occupancy, whatever the random SS decoder gives).
@@ -1115,6 +1117,13 @@ def captured(fn: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def run_breakdown(result: dict[str, Any]) -> str:
+    """One run's stage seconds in one line (runs differ mostly by host noise: this says where)."""
+    parts = [f"{name} {v['seconds']:.3f}" for name, v in result["stages"].items() if v.get("seconds") is not None]
+    steps = result.get("checks", {}).get("postprocess_steps_s", {})
+    return ", ".join(parts) + ("" if not steps else " (" + ", ".join(f"{k} {v:.3f}" for k, v in steps.items()) + ")")
 
 
 def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 2, repeats: int = 5) -> float:
