@@ -32,7 +32,7 @@ import os
 import types
 import warnings
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -155,13 +155,26 @@ def residual_norm_modulate(
     return x, torch.addcmul(shift, F.layer_norm(x, (c,), eps=eps), 1 + scale)
 
 
+class GatedResidual(NamedTuple):
+    """A flow block's gated MLP residual, x + gate · update, left for the next block to add inside its first chain
+    (`gated_residual_norm_modulate`); the last block's is added by `add_to`."""
+
+    gate: torch.Tensor  # (G, 1 | L, C)
+    update: torch.Tensor  # (G, L, C)
+
+    def add_to(self, feats: torch.Tensor) -> torch.Tensor:
+        """feats (N, C) -> feats + gate · update, (N, C)."""
+        return torch.addcmul(feats.view_as(self.update), self.gate, self.update).view_as(feats)
+
+
 @fused
 def gated_residual_norm_modulate(
     x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x + gate · h (the previous SLAT block's gated MLP residual) for x, h (G, L, C), gate (G, 1 | L, C), then
+    """x + gate · h (the previous flow block's gated MLP residual) for x, h (G, L, C), gate (G, 1 | L, C), then
     `norm_modulate` of the sum -> (G, L, C) twice. One pass where the residual alone took a kernel of its own
-    (eagerly its strided gate went through addcmul's generic kernel: 43 µs for 2 items of 6,192 voxels, H200)."""
+    (in the SLAT flow its strided gate went through addcmul's generic kernel: 43 µs for 2 items of 6,192 voxels,
+    H200), and the norm read the sum back."""
     x = torch.addcmul(x, gate, h)
     return x, torch.addcmul(shift, F.layer_norm(x, x.shape[-1:], eps=eps), 1 + scale)
 

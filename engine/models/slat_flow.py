@@ -23,7 +23,6 @@ voxel counts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -36,6 +35,7 @@ from ..sparse.tensor import SparseTensor
 from .attention import CrossAttention, CrossContext, FeedForwardNet, GuidedKV, SelfAttention, check_guided_rows
 from .embeddings import TimestepEmbedder, absolute_position_embedding
 from .fused import (
+    GatedResidual,
     gated_residual_norm,
     gated_residual_norm_modulate,
     norm_modulate,
@@ -195,17 +195,6 @@ class SparseResBlock(nn.Module):
         h = self.conv1(x.replace(norm_silu(x.feats, norm1.weight, norm1.bias, norm1.eps)))
         h = self.conv2(h.replace(norm_modulate_silu(h.feats, shift, scale, x.batch_index, norm2.eps)))
         return h.replace(h.feats + self.skip_connection(x.feats))
-
-
-class GatedResidual(NamedTuple):
-    """A block's gated MLP residual, x + gate · update, with the layouts of `ModulatedSparseCrossBlock.forward`."""
-
-    gate: torch.Tensor  # (G, 1 | L, C)
-    update: torch.Tensor  # (G, L, C)
-
-    def add_to(self, feats: torch.Tensor) -> torch.Tensor:
-        """feats (N, C) -> feats + gate · update, (N, C)."""
-        return torch.addcmul(feats.view_as(self.update), self.gate, self.update).view_as(feats)
 
 
 class ModulatedSparseCrossBlock(nn.Module):

@@ -33,7 +33,14 @@ from .attention import (
     check_guided_rows,
 )
 from .embeddings import TimestepEmbedder, absolute_position_embedding
-from .fused import gated_residual_norm, mot_qkv, norm_modulate, residual_norm_modulate
+from .fused import (
+    GatedResidual,
+    gated_residual_norm,
+    gated_residual_norm_modulate,
+    mot_qkv,
+    norm_modulate,
+    residual_norm_modulate,
+)
 from .norms import LayerNorm32, layer_norm32
 
 SHAPE = "shape"  # the shape stream and modality
@@ -112,8 +119,11 @@ class SSFlow(nn.Module):
             t_emb = t_emb + self.d_embedder(d)
 
         # 3. Blocks
+        residual = None
         for block, kv in zip(self.blocks, cond_kv):
-            x = block(x, t_emb, kv)
+            x, residual = block(x, t_emb, kv, residual)
+        if residual is not None:
+            x = {s: residual[s].add_to(x[s]) for s in STREAMS}
 
         # 4. Velocities per modality, in the latents' dtype
         out = {SHAPE: self.latent_mapping[SHAPE].output(x[SHAPE]).to(latents[SHAPE].dtype)}
@@ -213,20 +223,34 @@ class MoTBlock(nn.Module):
         self.mlp = nn.ModuleDict({s: FeedForwardNet(channels, mlp_ratio) for s in STREAMS})
 
     def forward(
-        self, x: dict[str, torch.Tensor], t_emb: torch.Tensor, kv: dict[str, CrossContext]
-    ) -> dict[str, torch.Tensor]:
+        self,
+        x: dict[str, torch.Tensor],
+        t_emb: torch.Tensor,
+        kv: dict[str, CrossContext],
+        residual: dict[str, GatedResidual] | None = None,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, GatedResidual]]:
+        """x per stream, before the previous block's gated MLP `residual` (None for the first block). Returns this
+        block's output before its own gated MLP residual, and that residual, which the next block adds in its
+        first norm pass (as `SlatFlowModel`'s blocks do)."""
         mod = self.adaLN_modulation(t_emb).unsqueeze(1)  # (B, 1, 6C)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)  # 6 × (B, 1, C)
 
-        # 1. Self-attention (shape: itself; pose: [pose; shape])
-        h = self.self_attn({s: norm_modulate(x[s], shift_msa, scale_msa, BLOCK_NORM_EPS) for s in STREAMS})
-        out = {}
+        # 1. The previous block's gated MLP residual; self-attention (shape: itself; pose: [pose; shape])
+        if residual is None:
+            normed = {s: norm_modulate(x[s], shift_msa, scale_msa, BLOCK_NORM_EPS) for s in STREAMS}
+        else:
+            x, normed = dict(x), {}
+            for s in STREAMS:
+                x[s], normed[s] = gated_residual_norm_modulate(x[s], residual[s].gate, residual[s].update, shift_msa,
+                                                               scale_msa, BLOCK_NORM_EPS)
+        h = self.self_attn(normed)
+        out, pending = {}, {}
         for s in STREAMS:
             # 2. Gated residual, cross-attention to the condition (un-gated, affine norm)
-            x_s, h_s = self._cross_attention(s, x[s], gate_msa, h[s], kv[s], shift_mlp, scale_mlp)
-            # 3. MLP, gated
-            out[s] = torch.addcmul(x_s, gate_mlp, self.mlp[s](h_s))  # x + gate · mlp
-        return out
+            out[s], h_s = self._cross_attention(s, x[s], gate_msa, h[s], kv[s], shift_mlp, scale_mlp)
+            # 3. MLP, gated: left to the next block
+            pending[s] = GatedResidual(gate_mlp, self.mlp[s](h_s))
+        return out, pending
 
     def _cross_attention(
         self,
