@@ -53,9 +53,9 @@ OUTPUTS = ("mesh", "gaussians")
 # shapes), and their captures cost about what their replays save (H200, 8 steps 0.42-0.45 s against 0.36 s;
 # 25 steps 1.095 s against 1.052 s, session 10; session 11, one signature per run, captures without settling the
 # device, runs alternating in one process: fast 0.281 s against 0.255 s, default 1.069 s against 1.042 s).
-# Session 13, one warm-up call:
-# graphs won only on a slow host (fast 0.375 -> 0.312 s, default 1.214 -> 1.125 s) and lost on a quick one (fast
-# 0.248 -> 0.276 s, default 1.024 -> 1.078 s), their pools adding ~0.04 GiB of peak per object.
+# Session 13, one warm-up call: graphs won only on a slow host (fast 0.375 -> 0.312 s, default 1.214 -> 1.125 s)
+# and lost on a quick one (fast 0.248 -> 0.276 s, default 1.024 -> 1.078 s), their pools adding ~0.04 GiB of peak
+# per object.
 GRAPH_MIN_STEPS = 12
 # Attention kernels the flow transformers prefer on a GPU (`attention_kernels`; empty: PyTorch's default order).
 FLOW_ATTENTION_KERNELS: tuple[str, ...] = ()
